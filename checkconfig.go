@@ -1,0 +1,38 @@
+package main
+
+import (
+	"fmt"
+	"os"
+)
+
+func cmdCheckConfig(args []string, std stdio, getenv func(string) string) error {
+	c := newCommand("check-config", "check-config [-config FILE]", std, getenv)
+	pos, err := c.parse(args)
+	if err != nil {
+		return err
+	}
+	if err := c.want(pos, 0, 0, "no arguments"); err != nil {
+		return err
+	}
+	cwd, err := os.Getwd()
+	if err != nil {
+		return err
+	}
+	path := configPath(*c.config, getenv, systemConfigPath)
+	cfg, err := loadConfig(path, getenv, cwd)
+	if err != nil {
+		return err
+	}
+	if path == "" {
+		path = "(none: built-in defaults)"
+	}
+	return c.printTable([]string{"SETTING", "VALUE"}, [][]string{
+		{"config", path},
+		{"store", cfg.Store.Path},
+		{"state_dir", cfg.StateDir},
+		{"runtime_dir", cfg.RuntimeDir},
+		{"cyrus.default_domain", dash(cfg.Cyrus.DefaultDomain)},
+		{"cyrus.lmtp", string(cfg.Cyrus.LMTP)},
+		{"log", fmt.Sprintf("%s, %s", cfg.Log.Format, cfg.Log.Level)},
+	})
+}

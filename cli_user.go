@@ -1,0 +1,233 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"cyrus-sidecar/store"
+)
+
+func cmdUser(args []string, std stdio, getenv func(string) string) error {
+	if len(args) == 0 {
+		return usagef("user: expected add, passwd, set, disable, enable, del, show or list")
+	}
+	sub, args := args[0], args[1:]
+	ctx, cancel := interruptible()
+	defer cancel()
+	switch sub {
+	case "add", "passwd":
+		syn := "user add ADDRESS [-password-stdin | -no-password] [-name NAME] [-services LIST] [-config FILE]"
+		if sub == "passwd" {
+			syn = "user passwd ADDRESS [-password-stdin | -no-password] [-config FILE]"
+		}
+		c := newCommand("user "+sub, syn, std, getenv)
+		fromStdin := c.fs.Bool("password-stdin", false, "read the password from the first line of stdin instead of a terminal prompt")
+		noPassword := c.fs.Bool("no-password", false, "no password login (app passwords and tokens only); with passwd: remove the password")
+		var name, services *string
+		if sub == "add" {
+			name = c.fs.String("name", "", "display `name`")
+			services = c.fs.String("services", "*", "comma-separated `services` the user may log in to (imap,pop,sieve,http,smtp), * = all")
+		}
+		pos, err := c.parse(args)
+		if err != nil {
+			return err
+		}
+		if err := c.want(pos, 1, 1, "one address"); err != nil {
+			return err
+		}
+		if *fromStdin && *noPassword {
+			return usagef("user %s: -password-stdin and -no-password exclude each other", sub)
+		}
+		var svc []string
+		if services != nil {
+			if svc, err = store.ParseServices(*services); err != nil {
+				return usagef("user add: -services: %v", err)
+			}
+		}
+		if err := c.open(ctx); err != nil {
+			return err
+		}
+		defer c.close()
+		a, err := c.userAddress(pos[0])
+		if err != nil {
+			return err
+		}
+		if sub == "add" {
+			// Fail on the cheap checks before asking for a password.
+			if _, err := c.st.Domain(ctx, a.Domain()); errors.Is(err, store.ErrNotFound) {
+				return fmt.Errorf("domain %s is not hosted here; add it first: cyrus-sidecar domain add %s -org NAME", a.Domain(), a.Domain())
+			} else if err != nil {
+				return err
+			}
+			if _, err := c.st.User(ctx, a); err == nil {
+				return fmt.Errorf("user %s already exists (to change the password: cyrus-sidecar user passwd %s)", a, a)
+			}
+		} else if _, err := c.st.User(ctx, a); err != nil {
+			return err
+		}
+		var hash string
+		if !*noPassword {
+			pw, err := c.readPassword(*fromStdin)
+			if err != nil {
+				return err
+			}
+			if hash, err = c.hash(pw); err != nil {
+				return err
+			}
+		}
+		if sub == "passwd" {
+			if err := c.st.SetPassword(ctx, a, hash); err != nil {
+				return err
+			}
+			fmt.Fprintf(std.out, "user %s: password %s\n", a, map[bool]string{true: "removed", false: "changed"}[*noPassword])
+			return nil
+		}
+		u, err := c.st.AddUser(ctx, store.NewUser{Address: a, PasswordHash: hash, Services: svc, DisplayName: *name})
+		if err != nil {
+			return explain(err)
+		}
+		fmt.Fprintf(std.out, "user %s added (organisation %q)\n", u.Address, u.Org)
+		return nil
+	case "set":
+		c := newCommand("user set", "user set ADDRESS [-name NAME] [-services LIST] [-config FILE]", std, getenv)
+		name := c.fs.String("name", "", "display `name`")
+		services := c.fs.String("services", "", "comma-separated `services` the user may log in to, * = all")
+		pos, err := c.parse(args)
+		if err != nil {
+			return err
+		}
+		if err := c.want(pos, 1, 1, "one address"); err != nil {
+			return err
+		}
+		if !flagSet(c, "name") && !flagSet(c, "services") {
+			return usagef("user set: nothing to set (-name, -services)")
+		}
+		if err := c.open(ctx); err != nil {
+			return err
+		}
+		defer c.close()
+		a, err := c.userAddress(pos[0])
+		if err != nil {
+			return err
+		}
+		if flagSet(c, "services") {
+			svc, err := store.ParseServices(*services)
+			if err != nil {
+				return usagef("user set: -services: %v", err)
+			}
+			if err := c.st.SetServices(ctx, a, svc); err != nil {
+				return err
+			}
+		}
+		if flagSet(c, "name") {
+			if err := c.st.SetDisplayName(ctx, a, *name); err != nil {
+				return err
+			}
+		}
+		fmt.Fprintf(std.out, "user %s updated\n", a)
+		return nil
+	case "disable", "enable", "del", "show":
+		c := newCommand("user "+sub, "user "+sub+" ADDRESS [-config FILE]", std, getenv)
+		if sub == "show" {
+			c.withJSON()
+		}
+		pos, err := c.parse(args)
+		if err != nil {
+			return err
+		}
+		if err := c.want(pos, 1, 1, "one address"); err != nil {
+			return err
+		}
+		if err := c.open(ctx); err != nil {
+			return err
+		}
+		defer c.close()
+		a, err := c.userAddress(pos[0])
+		if err != nil {
+			return err
+		}
+		switch sub {
+		case "disable", "enable":
+			if err := c.st.SetDisabled(ctx, a, sub == "disable"); err != nil {
+				return err
+			}
+			fmt.Fprintf(std.out, "user %s %sd\n", a, sub)
+		case "del":
+			dangling, err := c.st.DeleteUser(ctx, a)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(std.out, "user %s deleted (the Cyrus mailbox is not touched)\n", a)
+			if len(dangling) > 0 {
+				fmt.Fprintf(std.err, "warning: these aliases still point to %s: %s\n", a, strings.Join(dangling, ", "))
+			}
+		case "show":
+			u, err := c.st.User(ctx, a)
+			if err != nil {
+				return err
+			}
+			if *c.jsonOut {
+				return c.printJSON(u)
+			}
+			return c.printTable([]string{"FIELD", "VALUE"}, [][]string{
+				{"address", u.Address}, {"organisation", u.Org}, {"display name", dash(u.DisplayName)},
+				{"status", status(u)}, {"password", map[bool]string{true: "set", false: "none"}[u.HasPassword]},
+				{"services", strings.Join(u.Services, ",")},
+				{"created", u.Created.Format("2006-01-02 15:04:05Z")}, {"updated", u.Updated.Format("2006-01-02 15:04:05Z")},
+			})
+		}
+		return nil
+	case "list":
+		c := newCommand("user list", "user list [-domain DOMAIN] [-json] [-config FILE]", std, getenv).withJSON()
+		domain := c.fs.String("domain", "", "only users of this `domain`")
+		pos, err := c.parse(args)
+		if err != nil {
+			return err
+		}
+		if err := c.want(pos, 0, 0, "no arguments"); err != nil {
+			return err
+		}
+		if err := c.open(ctx); err != nil {
+			return err
+		}
+		defer c.close()
+		d, err := c.optDomain(*domain)
+		if err != nil {
+			return err
+		}
+		us, err := c.st.Users(ctx, d)
+		if err != nil {
+			return err
+		}
+		if *c.jsonOut {
+			return c.printJSON(nonNil(us))
+		}
+		rows := make([][]string, len(us))
+		for i, u := range us {
+			rows[i] = []string{u.Address, u.Org, status(u), strings.Join(u.Services, ","), dash(u.DisplayName)}
+		}
+		return c.printTable([]string{"USER", "ORGANISATION", "STATUS", "SERVICES", "NAME"}, rows)
+	}
+	return usagef("user: unknown subcommand %q (add, passwd, set, disable, enable, del, show, list)", sub)
+}
+
+// userAddress canonicalises a user address; a user never has a +detail.
+func (c *command) userAddress(s string) (store.Address, error) {
+	a, err := c.address(s)
+	if err != nil {
+		return store.Address{}, err
+	}
+	if a.Detail() != "" {
+		return store.Address{}, fmt.Errorf("%q: a user address cannot contain the detail separator %q (mail to %s reaches the user anyway)",
+			s, c.cfg.Cyrus.DetailSeparator, s)
+	}
+	return a, nil
+}
+
+func status(u store.User) string {
+	if u.Disabled {
+		return "disabled"
+	}
+	return "enabled"
+}

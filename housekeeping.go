@@ -1,0 +1,66 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"cyrus-sidecar/store"
+)
+
+// housekeeper keeps the login audit within its retention and watches that
+// the store stays readable. It is the first supervised service of serve and
+// the model the protocol services follow.
+type housekeeper struct {
+	cfg atomic.Pointer[AuditConfig]
+	st  *store.Store
+	log *slog.Logger
+}
+
+func newHousekeeper(cfg *Config, st *store.Store, log *slog.Logger) *housekeeper {
+	h := &housekeeper{st: st, log: log}
+	a := cfg.Audit
+	h.cfg.Store(&a)
+	return h
+}
+
+// Listen has nothing to bind.
+func (h *housekeeper) Listen() error { return nil }
+
+// Reload takes the new retention; the next round uses it.
+func (h *housekeeper) Reload(cfg *Config) {
+	a := cfg.Audit
+	h.cfg.Store(&a)
+}
+
+// Run prunes at start and then every prune_interval until ctx ends.
+func (h *housekeeper) Run(ctx context.Context) error {
+	for {
+		h.round(ctx)
+		t := time.NewTimer(h.cfg.Load().PruneInterval)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+func (h *housekeeper) round(ctx context.Context) {
+	a := h.cfg.Load()
+	if err := h.st.Ping(ctx); err != nil {
+		if ctx.Err() == nil {
+			h.log.Warn("store unreadable", "err", err)
+		}
+		return
+	}
+	n, err := h.st.PruneAudit(ctx, time.Now().Add(-a.Retention), a.MaxRows)
+	switch {
+	case err != nil && ctx.Err() == nil:
+		h.log.Warn("audit prune failed", "err", err)
+	case n > 0:
+		h.log.Info("audit pruned", "deleted", n, "retention", a.Retention.String(), "max_rows", a.MaxRows)
+	}
+}

@@ -1,0 +1,78 @@
+// Command cyrus-sidecar runs beside a Cyrus IMAP server: `serve` runs its
+// services over one SQLite store, and the admin commands edit that store.
+// See README.md and config.example.toml.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+)
+
+func main() {
+	err := realMain(os.Args[1:], stdio{os.Stdin, os.Stdout, os.Stderr}, os.Getenv)
+	if err == nil {
+		return
+	}
+	fmt.Fprintln(os.Stderr, "cyrus-sidecar:", err)
+	if _, ok := errors.AsType[usageError](err); ok {
+		os.Exit(2)
+	}
+	os.Exit(1)
+}
+
+// stdio is a command's standard streams, so tests can run commands in-process.
+type stdio struct {
+	in       io.Reader
+	out, err io.Writer
+}
+
+// usageError is a command-line mistake: exit status 2.
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error { return usageError{fmt.Sprintf(format, args...)} }
+
+const usage = `usage: cyrus-sidecar COMMAND [ARGS] [-config FILE]
+
+  serve                      run the services (sockets, store, signals)
+  check-config               load and validate the configuration, print where things are
+  org      add|del|list      organisations
+  domain   add|del|set|list  hosted domains
+  user     add|passwd|set|disable|enable|del|show|list   users
+  alias    add|del|list      aliases
+  version                    print the version
+
+Run "cyrus-sidecar COMMAND -h" for a command's flags.`
+
+func realMain(args []string, std stdio, getenv func(string) string) error {
+	if len(args) == 0 {
+		fmt.Fprintln(std.err, usage)
+		return usagef("no command given")
+	}
+	cmd, rest := args[0], args[1:]
+	switch cmd {
+	case "serve":
+		return cmdServe(rest, std, getenv)
+	case "check-config":
+		return cmdCheckConfig(rest, std, getenv)
+	case "org":
+		return cmdOrg(rest, std, getenv)
+	case "domain":
+		return cmdDomain(rest, std, getenv)
+	case "user":
+		return cmdUser(rest, std, getenv)
+	case "alias":
+		return cmdAlias(rest, std, getenv)
+	case "version", "-version", "--version":
+		fmt.Fprintln(std.out, version())
+		return nil
+	case "help", "-h", "-help", "--help":
+		fmt.Fprintln(std.out, usage)
+		return nil
+	}
+	fmt.Fprintln(std.err, usage)
+	return usagef("unknown command %q", cmd)
+}

@@ -1,0 +1,208 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/oklog/run"
+	"golang.org/x/sys/unix"
+
+	"cyrus-sidecar/store"
+)
+
+// service is what every supervised part of serve implements (STYLE.md §2):
+// Listen binds before READY=1 so a bad address fails the start, Run serves
+// until ctx is cancelled and drains within the grace period, Reload takes a
+// new validated configuration.
+type service interface {
+	Listen() error
+	Run(ctx context.Context) error
+	Reload(cfg *Config)
+}
+
+type named struct {
+	name string
+	svc  service
+}
+
+func cmdServe(args []string, std stdio, getenv func(string) string) error {
+	c := newCommand("serve", "serve [-config FILE]", std, getenv)
+	pos, err := c.parse(args)
+	if err != nil {
+		return err
+	}
+	if err := c.want(pos, 0, 0, "no arguments"); err != nil {
+		return err
+	}
+	cwd, err := os.Getwd()
+	if err != nil {
+		return err
+	}
+	path := configPath(*c.config, getenv, systemConfigPath)
+	cfg, err := loadConfig(path, getenv, cwd)
+	if err != nil {
+		return err
+	}
+	level := new(slog.LevelVar)
+	level.Set(cfg.Log.Level)
+	log := newLogger(std.err, cfg.Log.Format, level)
+	sd := newNotifier(getenv("NOTIFY_SOCKET"), log)
+	return serve(cfg, path, log, level, sd, getenv, cwd)
+}
+
+func newLogger(w interface{ Write([]byte) (int, error) }, format string, level *slog.LevelVar) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: level}
+	if format == "text" {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}
+
+// serve runs the services until SIGINT or SIGTERM, reloading on SIGHUP.
+func serve(cfg *Config, path string, log *slog.Logger, level *slog.LevelVar, sd *notifier, getenv func(string) string, cwd string) error {
+	source := path
+	if source == "" {
+		source = "built-in defaults"
+	}
+	log.Info("starting", "version", version(), "config", source, "store", cfg.Store.Path,
+		"state_dir", cfg.StateDir, "runtime_dir", cfg.RuntimeDir, "default_domain", cfg.Cyrus.DefaultDomain)
+	if err := os.MkdirAll(cfg.RuntimeDir, 0o755); err != nil {
+		return fmt.Errorf("runtime directory: %w", err)
+	}
+	st, err := store.Open(context.Background(), cfg.Store.Path,
+		store.Options{MaxReaders: cfg.Store.MaxReaders, BusyTimeout: cfg.Store.BusyTimeout})
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+
+	var current atomic.Pointer[Config]
+	current.Store(cfg)
+	services := []named{
+		{"audit", newHousekeeper(cfg, st, log.With("service", "audit"))},
+		// The saslauthd, lmtp, socketmap and vacation services join here,
+		// in this order, as their issues land.
+	}
+
+	var g run.Group
+	g.Add(run.SignalHandler(context.Background(), syscall.SIGINT, syscall.SIGTERM))
+	g.Add(reloadOnHUP(log, sd, func() {
+		next, err := loadConfig(path, getenv, cwd)
+		if err != nil {
+			log.Error("reload failed, keeping the running configuration", "err", err)
+			return
+		}
+		warnRestart(log, current.Load(), next)
+		level.Set(next.Log.Level)
+		for _, s := range services {
+			s.svc.Reload(next)
+		}
+		current.Store(next)
+		log.Info("configuration reloaded", "config", source)
+	}))
+	for _, s := range services {
+		if err := s.svc.Listen(); err != nil {
+			return fmt.Errorf("%s: %w", s.name, err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		g.Add(func() error {
+			if err := s.svc.Run(ctx); err != nil {
+				return fmt.Errorf("%s: %w", s.name, err)
+			}
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("%s: stopped unexpectedly", s.name)
+		}, func(error) { cancel() })
+	}
+
+	// The last actor only notices the group stopping, so that the wait
+	// below can bound the drain by shutdown_grace.
+	stopping := make(chan struct{})
+	stopCtx, stopCancel := context.WithCancel(context.Background())
+	g.Add(func() error { <-stopCtx.Done(); return nil }, func(error) {
+		sd.notify("STOPPING=1")
+		close(stopping)
+		stopCancel()
+	})
+
+	sd.notify("READY=1")
+	log.Info("ready", "services", len(services))
+	done := make(chan error, 1)
+	go func() { done <- g.Run() }()
+	select {
+	case err = <-done:
+	case <-stopping:
+		grace := current.Load().Serve.ShutdownGrace
+		select {
+		case err = <-done:
+		case <-time.After(grace + time.Second):
+			return fmt.Errorf("services still running %s after shutdown began (serve.shutdown_grace)", grace)
+		}
+	}
+	if _, ok := errors.AsType[run.SignalError](err); ok {
+		log.Info("stopped on signal", "signal", err.Error())
+		return nil
+	}
+	return err
+}
+
+// reloadOnHUP is a run.Group actor calling apply on every SIGHUP, framed by
+// the RELOADING=1 / READY=1 notifications systemd's Type=notify-reload
+// expects.
+func reloadOnHUP(log *slog.Logger, sd *notifier, apply func()) (func() error, func(error)) {
+	ctx, cancel := context.WithCancel(context.Background())
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	return func() error {
+			defer signal.Stop(hup)
+			for {
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-hup:
+					log.Info("reloading on SIGHUP")
+					sd.notify(fmt.Sprintf("RELOADING=1\nMONOTONIC_USEC=%d", monotonicUsec()))
+					apply()
+					sd.notify("READY=1")
+				}
+			}
+		}, func(error) {
+			cancel()
+		}
+}
+
+// warnRestart logs the settings a reload cannot apply to a running process.
+func warnRestart(log *slog.Logger, old, next *Config) {
+	type kv struct {
+		key      string
+		old, new any
+	}
+	for _, d := range []kv{
+		{"store.path", old.Store.Path, next.Store.Path},
+		{"store.max_readers", old.Store.MaxReaders, next.Store.MaxReaders},
+		{"store.busy_timeout", old.Store.BusyTimeout, next.Store.BusyTimeout},
+		{"cyrus.default_domain", old.Cyrus.DefaultDomain, next.Cyrus.DefaultDomain},
+		{"cyrus.detail_separator", old.Cyrus.DetailSeparator, next.Cyrus.DetailSeparator},
+	} {
+		if d.old != d.new {
+			log.Warn("restart required for a changed setting", "key", d.key, "running", d.old, "file", d.new)
+		}
+	}
+}
+
+// monotonicUsec is CLOCK_MONOTONIC in microseconds, for MONOTONIC_USEC.
+func monotonicUsec() int64 {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		return 0
+	}
+	return ts.Nano() / 1e3
+}

@@ -1,0 +1,93 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// Login results recorded in the audit.
+const (
+	ResultOK   = "ok"
+	ResultFail = "fail"
+)
+
+// LoginEvent is one authentication attempt, as the audit keeps it. It never
+// holds a password.
+type LoginEvent struct {
+	At      time.Time `json:"at"`
+	Login   string    `json:"login"` // canonical when it could be parsed, else as sent (truncated)
+	Service string    `json:"service"`
+	Result  string    `json:"result"`
+	Reason  string    `json:"reason,omitempty"`
+	Client  string    `json:"client,omitempty"`
+}
+
+// RecordLogin appends an attempt to the audit.
+func (s *Store) RecordLogin(ctx context.Context, e LoginEvent) error {
+	if e.At.IsZero() {
+		e.At = time.Now()
+	}
+	_, err := s.w.ExecContext(ctx, `INSERT INTO login_audit (at, login, service, result, reason, client)
+		VALUES (?, ?, ?, ?, ?, ?)`, e.At.Unix(), trunc(e.Login), trunc(e.Service), e.Result, trunc(e.Reason), trunc(e.Client))
+	if err != nil {
+		return fmt.Errorf("record login: %w", err)
+	}
+	return nil
+}
+
+// Logins returns the newest attempts, all or for one login, newest first.
+func (s *Store) Logins(ctx context.Context, login string, limit int) ([]LoginEvent, error) {
+	q, args := "SELECT at, login, service, result, reason, client FROM login_audit", []any{}
+	if login != "" {
+		q, args = q+" WHERE login = ?", append(args, login)
+	}
+	rows, err := s.r.QueryContext(ctx, q+" ORDER BY at DESC, id DESC LIMIT ?", append(args, limit)...)
+	if err != nil {
+		return nil, fmt.Errorf("list logins: %w", err)
+	}
+	defer rows.Close()
+	var out []LoginEvent
+	for rows.Next() {
+		var e LoginEvent
+		var at int64
+		if err := rows.Scan(&at, &e.Login, &e.Service, &e.Result, &e.Reason, &e.Client); err != nil {
+			return nil, fmt.Errorf("list logins: %w", err)
+		}
+		e.At = fromUnix(at)
+		out = append(out, e)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list logins: %w", err)
+	}
+	return out, nil
+}
+
+// PruneAudit enforces the audit's retention: entries older than before go,
+// and of the rest only the newest maxRows stay (0 = no row cap). It deletes
+// in batches so that a large backlog never holds the write lock for long.
+func (s *Store) PruneAudit(ctx context.Context, before time.Time, maxRows int) (int64, error) {
+	var total int64
+	for {
+		res, err := s.w.ExecContext(ctx, `DELETE FROM login_audit WHERE id IN (
+			SELECT id FROM login_audit WHERE at < ? ORDER BY id LIMIT 1000)`, before.Unix())
+		if err != nil {
+			return total, fmt.Errorf("prune audit: %w", err)
+		}
+		n, _ := res.RowsAffected() // cannot fail on SQLite
+		total += n
+		if n < 1000 {
+			break
+		}
+	}
+	if maxRows > 0 {
+		res, err := s.w.ExecContext(ctx, `DELETE FROM login_audit WHERE id <= (
+			SELECT id FROM login_audit ORDER BY id DESC LIMIT 1 OFFSET ?)`, maxRows)
+		if err != nil {
+			return total, fmt.Errorf("prune audit: %w", err)
+		}
+		n, _ := res.RowsAffected()
+		total += n
+	}
+	return total, nil
+}

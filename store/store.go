@@ -1,0 +1,249 @@
+// Package store is cyrus-sidecar's SQLite store of organisations, domains,
+// users, aliases, credentials and vacation settings, shared by every service
+// and edited by the admin commands, possibly from another process.
+//
+// Writes go through one connection in immediate transactions, so writers
+// queue on busy_timeout instead of failing mid-transaction with SQLITE_BUSY;
+// reads use a small pool of read-only connections. Generation tells a
+// long-running reader cheaply whether anything it may have cached changed.
+package store
+
+import (
+	"context"
+	"database/sql"
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	_ "modernc.org/sqlite" // registers the "sqlite" driver
+)
+
+// Sentinels, matched with errors.Is; the wrapping error says which object.
+var (
+	ErrNotFound  = errors.New("not found")
+	ErrExists    = errors.New("already exists")
+	ErrInUse     = errors.New("still in use")
+	ErrNotHosted = errors.New("domain is not hosted here")
+	ErrSchema    = errors.New("store schema is newer than this program")
+)
+
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+// Options tune Open. The zero value is usable.
+type Options struct {
+	// MaxReaders caps the read-only connection pool (default 4).
+	MaxReaders int
+	// BusyTimeout is how long a statement waits for another process's
+	// write lock before failing (default 5s).
+	BusyTimeout time.Duration
+}
+
+// Store is an open store. Its methods are safe for concurrent use.
+type Store struct {
+	path string
+	r    *sql.DB // read-only pool
+	w    *sql.DB // one writer connection
+
+	// The watcher: one connection of its own, because PRAGMA data_version
+	// only changes for commits made by other connections.
+	watchMu  sync.Mutex
+	watch    *sql.Conn
+	watchDB  *sql.DB
+	dvStmt   *sql.Stmt // PRAGMA data_version, prepared once
+	lastData int64
+	gen      int64
+}
+
+// Open opens (creating if needed) the store at path and brings its schema up
+// to date.
+func Open(ctx context.Context, path string, opt Options) (*Store, error) {
+	if strings.ContainsAny(path, "?#") {
+		return nil, fmt.Errorf("open store %s: path must not contain '?' or '#'", path)
+	}
+	if opt.MaxReaders <= 0 {
+		opt.MaxReaders = 4
+	}
+	if opt.BusyTimeout <= 0 {
+		opt.BusyTimeout = 5 * time.Second
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
+	base := "file:" + path + "?_pragma=busy_timeout(" + strconv.FormatInt(opt.BusyTimeout.Milliseconds(), 10) + ")" +
+		"&_pragma=foreign_keys(1)"
+	s := &Store{path: path}
+	var err error
+	// The writer creates the file and switches it to WAL (a persistent
+	// setting) before any reader opens it.
+	if s.w, err = sql.Open("sqlite", base+"&_pragma=journal_mode(WAL)&_txlock=immediate"); err != nil {
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
+	s.w.SetMaxOpenConns(1)
+	s.w.SetConnMaxIdleTime(0)
+	if err := s.migrate(ctx); err != nil {
+		s.w.Close()
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
+	if s.r, err = sql.Open("sqlite", base+"&_pragma=query_only(1)"); err != nil {
+		s.w.Close()
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
+	s.r.SetMaxOpenConns(opt.MaxReaders)
+	s.r.SetMaxIdleConns(opt.MaxReaders)
+	if s.watchDB, err = sql.Open("sqlite", base+"&_pragma=query_only(1)"); err == nil {
+		s.watchDB.SetMaxOpenConns(1)
+		if s.watch, err = s.watchDB.Conn(ctx); err == nil {
+			s.dvStmt, err = s.watch.PrepareContext(ctx, "PRAGMA data_version")
+		}
+	}
+	if err != nil {
+		s.Close()
+		return nil, fmt.Errorf("open store %s: watcher: %w", path, err)
+	}
+	return s, nil
+}
+
+// Close releases the store's connections.
+func (s *Store) Close() error {
+	var errs []error
+	if s.dvStmt != nil {
+		errs = append(errs, s.dvStmt.Close())
+	}
+	if s.watch != nil {
+		errs = append(errs, s.watch.Close())
+	}
+	for _, db := range []*sql.DB{s.watchDB, s.r, s.w} {
+		if db != nil {
+			errs = append(errs, db.Close())
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Path is the database file.
+func (s *Store) Path() string { return s.path }
+
+// Generation returns a number that changes whenever a change to the
+// directory or credentials (anything a service may cache) has been
+// committed, by this process or any other. The common case, no change, costs
+// one PRAGMA on a dedicated connection and no table read; the login audit
+// and last-use times do not count as changes.
+func (s *Store) Generation(ctx context.Context) (int64, error) {
+	s.watchMu.Lock()
+	defer s.watchMu.Unlock()
+	var dv int64
+	if err := s.dvStmt.QueryRowContext(ctx).Scan(&dv); err != nil {
+		return 0, fmt.Errorf("store generation: %w", err)
+	}
+	if dv == s.lastData && s.gen != 0 {
+		return s.gen, nil
+	}
+	var n int64
+	if err := s.watch.QueryRowContext(ctx, "SELECT n FROM generation WHERE id = 1").Scan(&n); err != nil {
+		return 0, fmt.Errorf("store generation: %w", err)
+	}
+	s.lastData, s.gen = dv, n
+	return n, nil
+}
+
+// Ping checks that the store answers a read.
+func (s *Store) Ping(ctx context.Context) error {
+	var n int
+	if err := s.r.QueryRowContext(ctx, "SELECT count(*) FROM generation").Scan(&n); err != nil {
+		return fmt.Errorf("store ping: %w", err)
+	}
+	return nil
+}
+
+// migrate applies the embedded migrations newer than PRAGMA user_version, in
+// one immediate transaction, so two processes starting at once cannot both
+// apply one.
+func (s *Store) migrate(ctx context.Context) error {
+	names, err := fs.Glob(migrations, "migrations/*.sql")
+	if err != nil {
+		return err
+	}
+	sort.Strings(names)
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	defer tx.Rollback()
+	var have int
+	if err := tx.QueryRowContext(ctx, "PRAGMA user_version").Scan(&have); err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	if have > len(names) {
+		return fmt.Errorf("version %d, this program knows up to %d: %w", have, len(names), ErrSchema)
+	}
+	for i, name := range names[have:] {
+		v := have + i + 1
+		if want := fmt.Sprintf("migrations/%04d_", v); !strings.HasPrefix(name, want) {
+			return fmt.Errorf("migrate: %s does not start with %s", name, want)
+		}
+		body, err := migrations.ReadFile(name)
+		if err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, string(body)); err != nil {
+			return fmt.Errorf("migrate %s: %w", name, err)
+		}
+		if _, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", v)); err != nil {
+			return fmt.Errorf("migrate %s: %w", name, err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	return nil
+}
+
+// SchemaVersion is the store's PRAGMA user_version.
+func (s *Store) SchemaVersion(ctx context.Context) (int, error) {
+	var v int
+	err := s.r.QueryRowContext(ctx, "PRAGMA user_version").Scan(&v)
+	return v, err
+}
+
+// write runs fn in one immediate write transaction.
+func (s *Store) write(ctx context.Context, fn func(tx *sql.Tx) error) error {
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback() // a no-op after Commit
+	if err := fn(tx); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+// now is seconds since the epoch, the unit of every stored time.
+func now() int64 { return time.Now().Unix() }
+
+func fromUnix(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(n, 0).UTC()
+}
+
+// isUnique reports a UNIQUE or PRIMARY KEY constraint failure. modernc's
+// error carries the SQLite extended code; matching the code, not the text.
+func isUnique(err error) bool {
+	var e interface{ Code() int }
+	if errors.As(err, &e) {
+		// SQLITE_CONSTRAINT_UNIQUE (2067), SQLITE_CONSTRAINT_PRIMARYKEY (1555)
+		return e.Code() == 2067 || e.Code() == 1555
+	}
+	return false
+}
