@@ -75,13 +75,13 @@ func TestCanonLogin(t *testing.T) {
 		login, realm, want string
 		wantErr            error
 	}{
-		{"alice", "", "alice@example.com", nil},              // alice@<defaultdomain>
-		{"carol", "other.org", "carol@other.org", nil},       // carol@other.org
-		{"alice", "example.com", "alice@example.com", nil},   // other defaultdomain
-		{"alice@example.com", "", "alice@example.com", nil},  // testsaslauthd -u alice@example.com
-		{"Carol", "Other.ORG", "carol@other.org", nil},       // username_tolower off
-		{"alice+x", "", "alice+x@example.com", nil},          // logins keep the separator
-		{"a@b", "other.org", "", ErrMalformed},               // user id had two '@'
+		{"alice", "", "alice@example.com", nil},             // alice@<defaultdomain>
+		{"carol", "other.org", "carol@other.org", nil},      // carol@other.org
+		{"alice", "example.com", "alice@example.com", nil},  // other defaultdomain
+		{"alice@example.com", "", "alice@example.com", nil}, // testsaslauthd -u alice@example.com
+		{"Carol", "Other.ORG", "carol@other.org", nil},      // username_tolower off
+		{"alice+x", "", "alice+x@example.com", nil},         // logins keep the separator
+		{"a@b", "other.org", "", ErrMalformed},              // user id had two '@'
 		{"", "", "", ErrMalformed},
 		{"alice", "bad realm", "", ErrMalformed},
 		{"alice\x00", "", "", ErrMalformed},
