@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"log/slog"
 	"os"
 )
 
@@ -33,6 +34,6 @@ func cmdCheckConfig(args []string, std stdio, getenv func(string) string) error 
 		{"runtime_dir", cfg.RuntimeDir},
 		{"cyrus.default_domain", dash(cfg.Cyrus.DefaultDomain)},
 		{"cyrus.lmtp", string(cfg.Cyrus.LMTP)},
-		{"log", fmt.Sprintf("%s, %s", cfg.Log.Format, cfg.Log.Level)},
+		{"log", fmt.Sprintf("%s, %s", cfg.Log.Format, slog.Level(cfg.Log.Level))},
 	})
 }

@@ -70,8 +70,21 @@ func (p PasswordConfig) Params() password.Params {
 
 // LogConfig is [log].
 type LogConfig struct {
-	Level  slog.Level `toml:"level"`
+	Level  LogLevel `toml:"level"`
 	Format string     `toml:"format"`
+}
+
+// LogLevel is slog.Level with an error message that lists the choices.
+type LogLevel slog.Level
+
+// UnmarshalText accepts debug, info, warn and error.
+func (l *LogLevel) UnmarshalText(b []byte) error {
+	var v slog.Level
+	if err := v.UnmarshalText(b); err != nil {
+		return fmt.Errorf("must be \"debug\", \"info\", \"warn\" or \"error\", got %q", b)
+	}
+	*l = LogLevel(v)
+	return nil
 }
 
 // ServeConfig is [serve]: the process as a whole.
@@ -150,7 +163,7 @@ func defaultConfig(getenv func(string) string, cwd string) *Config {
 			AdminPasswordFile: "/etc/cyrus-sidecar/admin.secret",
 		},
 		Password: PasswordConfig{Time: p.Time, MemoryKiB: p.MemoryKiB, Threads: p.Threads},
-		Log:      LogConfig{Level: slog.LevelInfo, Format: "json"},
+		Log:      LogConfig{Level: LogLevel(slog.LevelInfo), Format: "json"},
 		Serve:    ServeConfig{ShutdownGrace: 10 * time.Second},
 		Audit:    AuditConfig{Retention: 90 * 24 * time.Hour, MaxRows: 1_000_000, PruneInterval: time.Hour},
 	}
@@ -245,14 +258,17 @@ func (c *Config) validate() []fieldError {
 		bad("store.max_readers", "must be between 1 and 64, got %d", c.Store.MaxReaders)
 	}
 	if _, err := store.NewCanon(c.Cyrus.DefaultDomain, ""); err != nil {
-		bad("cyrus.default_domain", "%v (use the domain Cyrus has as defaultdomain in imapd.conf)", err)
+		bad("cyrus.default_domain", "must be a domain name such as \"example.com\" (Cyrus's defaultdomain), got %q", c.Cyrus.DefaultDomain)
 	}
 	if _, err := store.NewCanon("", c.Cyrus.DetailSeparator); err != nil {
 		bad("cyrus.detail_separator", "must be \"\" or characters such as \"+\" or \"+-\", got %q", c.Cyrus.DetailSeparator)
 	}
-	for key, a := range map[string]Addr{"cyrus.lmtp": c.Cyrus.LMTP, "cyrus.imap": c.Cyrus.IMAP, "cyrus.managesieve": c.Cyrus.ManageSieve} {
-		if msg := a.check(); msg != "" {
-			bad(key, "%s", msg)
+	for _, a := range []struct {
+		key  string
+		addr Addr
+	}{{"cyrus.lmtp", c.Cyrus.LMTP}, {"cyrus.imap", c.Cyrus.IMAP}, {"cyrus.managesieve", c.Cyrus.ManageSieve}} {
+		if msg := a.addr.check(); msg != "" {
+			bad(a.key, "%s", msg)
 		}
 	}
 	if c.Cyrus.AdminUser == "" {
@@ -262,7 +278,11 @@ func (c *Config) validate() []fieldError {
 		bad("cyrus.admin_password_file", "must be an absolute path, got %q", c.Cyrus.AdminPasswordFile)
 	}
 	if err := c.Password.Params().Validate(); err != nil {
-		bad("password", "%v", err)
+		// The password package names each parameter by its key here.
+		for _, e := range unjoin(err) {
+			field, msg, _ := strings.Cut(e.Error(), ": ")
+			bad("password."+field, "%s", msg)
+		}
 	}
 	if c.Log.Format != "json" && c.Log.Format != "text" {
 		bad("log.format", "must be \"json\" or \"text\", got %q", c.Log.Format)
@@ -285,4 +305,12 @@ func (c *Config) validate() []fieldError {
 // Canon builds the one address canonicalisation from [cyrus].
 func (c *Config) Canon() (store.Canon, error) {
 	return store.NewCanon(c.Cyrus.DefaultDomain, c.Cyrus.DetailSeparator)
+}
+
+// unjoin splits an errors.Join result back into its errors.
+func unjoin(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
 }

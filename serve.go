@@ -51,7 +51,7 @@ func cmdServe(args []string, std stdio, getenv func(string) string) error {
 		return err
 	}
 	level := new(slog.LevelVar)
-	level.Set(cfg.Log.Level)
+	level.Set(slog.Level(cfg.Log.Level))
 	log := newLogger(std.err, cfg.Log.Format, level)
 	sd := newNotifier(getenv("NOTIFY_SOCKET"), log)
 	return serve(cfg, path, log, level, sd, getenv, cwd)
@@ -92,7 +92,7 @@ func serve(cfg *Config, path string, log *slog.Logger, level *slog.LevelVar, sd 
 	}
 
 	var g run.Group
-	g.Add(run.SignalHandler(context.Background(), syscall.SIGINT, syscall.SIGTERM))
+	g.Add(stopOnSignal(syscall.SIGINT, syscall.SIGTERM))
 	g.Add(reloadOnHUP(log, sd, func() {
 		next, err := loadConfig(path, getenv, cwd)
 		if err != nil {
@@ -100,7 +100,7 @@ func serve(cfg *Config, path string, log *slog.Logger, level *slog.LevelVar, sd 
 			return
 		}
 		warnRestart(log, current.Load(), next)
-		level.Set(next.Log.Level)
+		level.Set(slog.Level(next.Log.Level))
 		for _, s := range services {
 			s.svc.Reload(next)
 		}
@@ -152,6 +152,26 @@ func serve(cfg *Config, path string, log *slog.Logger, level *slog.LevelVar, sd 
 		return nil
 	}
 	return err
+}
+
+// stopOnSignal is run.SignalHandler with the handler installed at once, not
+// when the group starts: READY=1 goes out before g.Run, and a SIGTERM that
+// follows it must already be caught.
+func stopOnSignal(sigs ...os.Signal) (func() error, func(error)) {
+	ctx, cancel := context.WithCancel(context.Background())
+	c := make(chan os.Signal, 1)
+	signal.Notify(c, sigs...)
+	return func() error {
+			defer signal.Stop(c)
+			select {
+			case sig := <-c:
+				return run.SignalError{Signal: sig}
+			case <-ctx.Done():
+				return nil
+			}
+		}, func(error) {
+			cancel()
+		}
 }
 
 // reloadOnHUP is a run.Group actor calling apply on every SIGHUP, framed by

@@ -67,6 +67,11 @@ func verifyArgon2(hash, password, variant string, lim limits) (bool, error) {
 // exceeds lim.
 func parseArgon2(hash, variant string, lim limits) (argon2Hash, error) {
 	a := argon2Hash{variant: variant}
+	if strings.ContainsAny(hash, "\r\n") {
+		// encoding/base64 skips CR and LF even in Strict mode; the
+		// reference decoder does not.
+		return a, malformed("line break in hash")
+	}
 	fields := strings.Split(strings.TrimPrefix(hash, "$"+variant), "$")
 	if fields[0] != "" {
 		return a, malformed("no '$' after the identifier")

@@ -56,6 +56,8 @@ func malformedCases() []malformedCase {
 		{"argon2 v=019", "$argon2id$v=019$m=19456,t=2,p=1$" + a2Salt + "$" + a2Key, ErrMalformed, "version"},
 		{"argon2 v empty", "$argon2id$v=$m=19456,t=2,p=1$" + a2Salt + "$" + a2Key, ErrMalformed, "version"},
 		{"argon2 data", a2("m=19456,t=2,p=1,data=YWQ"), ErrUnknownScheme, "data"},
+		{"argon2 trailing newline", a2("m=19456,t=2,p=1") + "\n", ErrMalformed, "line break"},
+		{"argon2 CRLF in salt", "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNh\r\nbHRzYWx0c2FsdA$" + a2Key, ErrMalformed, "line break"},
 
 		{"bcrypt cost 17", "$2b$17$" + bcBody, ErrMalformed, "limit 16"},
 		{"bcrypt cost 31", "$2b$31$" + bcBody, ErrMalformed, "limit 16"},
@@ -81,6 +83,8 @@ func malformedCases() []malformedCase {
 		{"sha long salt", "$6$saltsaltsaltsalts$" + sha512S, ErrMalformed, "16"},
 		{"sha alphabet", "$6$saltsalt$" + sha512S[:85] + "*", ErrMalformed, "alphabet"},
 		{"sha extra field", "$6$saltsalt$" + sha512S + "$", ErrMalformed, ""},
+		{"sha trailing newline", "$6$saltsalt$" + sha512S + "\n", ErrMalformed, "86"},
+		{"bcrypt trailing newline", "$2b$10$" + bcBody + "\n", ErrMalformed, "60"},
 
 		{"hash too long", "$6$" + strings.Repeat("a", maxHashLen), ErrMalformed, "512"},
 	}

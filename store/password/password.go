@@ -20,8 +20,8 @@ import (
 )
 
 // MaxPasswordLen is the longest password, in bytes, that Hash and Verify
-// accept. It keeps the per-request cost bounded: SHA-crypt's work grows with
-// the square of the password length.
+// accept. It keeps the per-request cost bounded: SHA-crypt hashes the whole
+// password in each of its rounds.
 const MaxPasswordLen = 1024
 
 // Scheme names, as returned by Scheme.
@@ -42,8 +42,20 @@ const (
 
 // maxHashLen bounds the stored-hash string we parse at all. The longest
 // legitimate hash we know of (SHA-512-crypt with rounds= and a 16-char salt)
-// is 123 bytes; Argon2 with a 64-byte salt and key is about 220.
+// is 123 bytes; Argon2 with a 64-byte salt and key is about 210.
 const maxHashLen = 512
+
+// Bounds on the cost a stored hash may ask for. They refuse parameter bombs
+// in imported hashes (m=4 GiB, rounds=999999999), not expensive hashes.
+const (
+	maxStoredArgon2MemoryKiB = 1 << 20 // 1 GiB
+	maxStoredArgon2Time      = 20
+	maxStoredArgon2Threads   = 64
+	// SHA-crypt.txt allows up to 999,999,999 rounds; 1,000,000 is 200
+	// times the default and already takes about 0.4 s.
+	maxStoredSHARounds  = 1_000_000
+	maxStoredBcryptCost = 16 // 2^16 rounds, about 4 s; x/crypto allows 31
+)
 
 // Bounds for Params.Validate: what an operator may configure for new hashes.
 const (
@@ -181,8 +193,12 @@ func (h *Hasher) DummyVerify(password string) {
 // is longer than MaxPasswordLen (ErrTooLong); match them with errors.Is.
 //
 // Stored-hash bounds: Argon2 memory <= 1 GiB, time <= 20, threads <= 64;
-// SHA-crypt rounds <= 1,000,000; bcrypt cost <= 16. Every comparison of
-// derived keys is constant-time.
+// SHA-crypt rounds <= 1,000,000; bcrypt cost <= 16. They stop absurd
+// parameters, not expensive ones: at the bounds one call can take tens of
+// seconds and 1 GiB, so callers limit concurrency (a bounded worker pool).
+// Every comparison of derived keys is constant-time. The hash is not
+// trimmed: a trailing newline makes it malformed. Verify is safe for
+// concurrent use.
 func Verify(hash, password string) (bool, error) {
 	return verify(hash, password, storedLimits())
 }
@@ -219,11 +235,11 @@ type limits struct {
 // storedLimits are the bounds Verify applies.
 func storedLimits() limits {
 	return limits{
-		argon2MemoryKiB: 1 << 20, // 1 GiB
-		argon2Time:      20,
-		argon2Threads:   64,
-		shaRounds:       1_000_000,
-		bcryptCost:      16,
+		argon2MemoryKiB: maxStoredArgon2MemoryKiB,
+		argon2Time:      maxStoredArgon2Time,
+		argon2Threads:   maxStoredArgon2Threads,
+		shaRounds:       maxStoredSHARounds,
+		bcryptCost:      maxStoredBcryptCost,
 	}
 }
 

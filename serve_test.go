@@ -1,0 +1,184 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// daemon is a running `cyrus-sidecar serve` whose JSON log lines and
+// sd_notify messages the test reads.
+type daemon struct {
+	cmd    *exec.Cmd
+	logs   chan map[string]any
+	notify chan string
+}
+
+func startServe(t *testing.T, dir string, args ...string) *daemon {
+	t.Helper()
+	bin := buildBinary(t)
+	sock := filepath.Join(dir, "notify.sock")
+	nc, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	d := &daemon{logs: make(chan map[string]any, 100), notify: make(chan string, 100)}
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := nc.Read(buf)
+			if err != nil {
+				return
+			}
+			d.notify <- string(buf[:n])
+		}
+	}()
+	d.cmd = exec.Command(bin, append([]string{"serve"}, args...)...)
+	d.cmd.Dir = dir
+	d.cmd.Env = append(filteredEnv(), "NOTIFY_SOCKET="+sock)
+	stderr, err := d.cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if d.cmd.ProcessState == nil {
+			d.cmd.Process.Kill()
+			d.cmd.Wait()
+		}
+	})
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			var m map[string]any
+			if json.Unmarshal(sc.Bytes(), &m) != nil {
+				m = map[string]any{"msg": "unparsed: " + sc.Text()}
+			}
+			d.logs <- m
+		}
+		close(d.logs)
+	}()
+	return d
+}
+
+// filteredEnv drops settings that would change serve's defaults.
+func filteredEnv() []string {
+	var out []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "STATE_DIRECTORY=") && !strings.HasPrefix(kv, "RUNTIME_DIRECTORY=") &&
+			!strings.HasPrefix(kv, "CYRUS_SIDECAR_CONFIG=") && !strings.HasPrefix(kv, "NOTIFY_SOCKET=") {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
+// waitLog returns the first log line with msg, failing after 10 s.
+func (d *daemon) waitLog(t *testing.T, msg string) map[string]any {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case m, ok := <-d.logs:
+			if !ok {
+				t.Fatalf("serve exited before logging %q", msg)
+			}
+			if m["msg"] == msg {
+				return m
+			}
+		case <-deadline:
+			t.Fatalf("no %q log line within 10s", msg)
+		}
+	}
+}
+
+func (d *daemon) waitNotify(t *testing.T, want string) {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case s := <-d.notify:
+			if strings.HasPrefix(s, want) {
+				return
+			}
+		case <-deadline:
+			t.Fatalf("no sd_notify %q within 10s", want)
+		}
+	}
+}
+
+// TestServeDefaults is the README's first command: serve with no config file
+// at all, state under ./var, clean stop on SIGTERM.
+func TestServeDefaults(t *testing.T) {
+	dir := t.TempDir()
+	d := startServe(t, dir)
+	m := d.waitLog(t, "starting")
+	if m["store"] != filepath.Join(dir, "var", "store.db") || m["runtime_dir"] != filepath.Join(dir, "var", "run") ||
+		m["config"] != "built-in defaults" {
+		t.Errorf("starting line: %v", m)
+	}
+	d.waitLog(t, "ready")
+	d.waitNotify(t, "READY=1")
+	if _, err := os.Stat(filepath.Join(dir, "var", "store.db")); err != nil {
+		t.Errorf("store not created: %v", err)
+	}
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	d.waitLog(t, "stopped on signal")
+	d.waitNotify(t, "STOPPING=1")
+	if err := d.cmd.Wait(); err != nil {
+		t.Errorf("serve exit after SIGTERM: %v", err)
+	}
+}
+
+// TestServeReload: SIGHUP applies a good file and keeps the running
+// configuration when the file is bad.
+func TestServeReload(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "config.toml")
+	good := "[store]\npath = \"" + filepath.Join(dir, "store.db") + "\"\n[log]\nlevel = \"info\"\n"
+	os.WriteFile(cfg, []byte(good), 0o644)
+	d := startServe(t, dir, "-config", cfg)
+	d.waitLog(t, "ready")
+	d.waitNotify(t, "READY=1")
+
+	os.WriteFile(cfg, []byte("[log]\nlevel = 7\n"), 0o644)
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	m := d.waitLog(t, "reload failed, keeping the running configuration")
+	if !strings.Contains(m["err"].(string), "log.level: must be a string") {
+		t.Errorf("reload error: %v", m["err"])
+	}
+	d.waitNotify(t, "RELOADING=1")
+	d.waitNotify(t, "READY=1")
+
+	os.WriteFile(cfg, []byte(strings.Replace(good, "info", "debug", 1)+"[cyrus]\ndefault_domain = \"example.org\"\n"), 0o644)
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	m = d.waitLog(t, "restart required for a changed setting")
+	if m["key"] != "cyrus.default_domain" {
+		t.Errorf("restart warning for %v", m["key"])
+	}
+	d.waitLog(t, "configuration reloaded")
+
+	d.cmd.Process.Signal(syscall.SIGINT)
+	d.waitLog(t, "stopped on signal")
+	if err := d.cmd.Wait(); err != nil {
+		t.Errorf("serve exit after SIGINT: %v", err)
+	}
+}
+
+func TestServeBadConfigFailsStart(t *testing.T) {
+	bin := buildBinary(t)
+	out, err := exec.Command(bin, "serve", "-config", "testdata/config/bad/integer-duration.toml").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "serve.shutdown_grace: must be a duration string") {
+		t.Errorf("serve with a bad config: %v\n%s", err, out)
+	}
+}
