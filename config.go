@@ -71,7 +71,7 @@ func (p PasswordConfig) Params() password.Params {
 // LogConfig is [log].
 type LogConfig struct {
 	Level  LogLevel `toml:"level"`
-	Format string     `toml:"format"`
+	Format string   `toml:"format"`
 }
 
 // LogLevel is slog.Level with an error message that lists the choices.
