@@ -59,8 +59,11 @@ type Store struct {
 	watch    *sql.Conn
 	watchDB  *sql.DB
 	dvStmt   *sql.Stmt // PRAGMA data_version, prepared once
+	shm      *shmWatch // nil: always ask SQLite
+	lastHdr  [walHeaderLen]byte
 	lastData int64
 	gen      int64
+	slow     int64 // Generation calls that asked SQLite (for tests)
 }
 
 // Open opens (creating if needed) the store at path and brings its schema up
@@ -109,12 +112,20 @@ func Open(ctx context.Context, path string, opt Options) (*Store, error) {
 		s.Close()
 		return nil, fmt.Errorf("open store %s: watcher: %w", path, err)
 	}
+	// The watcher's first read maps the -shm file and takes SQLite's
+	// shared lock on it, so no other process can truncate it from now on.
+	if _, err := s.Generation(ctx); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
+	s.shm = openSHM(path + "-shm")
 	return s, nil
 }
 
 // Close releases the store's connections.
 func (s *Store) Close() error {
 	var errs []error
+	errs = append(errs, s.shm.close())
 	if s.dvStmt != nil {
 		errs = append(errs, s.dvStmt.Close())
 	}
@@ -134,25 +145,36 @@ func (s *Store) Path() string { return s.path }
 
 // Generation returns a number that changes whenever a change to the
 // directory or credentials (anything a service may cache) has been
-// committed, by this process or any other. The common case, no change, costs
-// one PRAGMA on a dedicated connection and no table read; the login audit
-// and last-use times do not count as changes.
+// committed, by this process or any other, before the call. The common case,
+// no commit at all, costs one read of the WAL-index header (see shmWatch);
+// after some commit, one PRAGMA data_version, and only when that moved, one
+// row read. The login audit and last-use times do not change the number, so
+// logins do not flush caches.
 func (s *Store) Generation(ctx context.Context) (int64, error) {
 	s.watchMu.Lock()
 	defer s.watchMu.Unlock()
+	// The header is read before SQLite is asked: a commit that lands after
+	// this read changes the header and is caught by the next call.
+	hdr, hdrOK := s.shm.header()
+	if hdrOK && s.gen != 0 && hdr == s.lastHdr {
+		return s.gen, nil
+	}
+	s.slow++
 	var dv int64
 	if err := s.dvStmt.QueryRowContext(ctx).Scan(&dv); err != nil {
 		return 0, fmt.Errorf("store generation: %w", err)
 	}
-	if dv == s.lastData && s.gen != 0 {
-		return s.gen, nil
+	if dv != s.lastData || s.gen == 0 {
+		var n int64
+		if err := s.watch.QueryRowContext(ctx, "SELECT n FROM generation WHERE id = 1").Scan(&n); err != nil {
+			return 0, fmt.Errorf("store generation: %w", err)
+		}
+		s.lastData, s.gen = dv, n
 	}
-	var n int64
-	if err := s.watch.QueryRowContext(ctx, "SELECT n FROM generation WHERE id = 1").Scan(&n); err != nil {
-		return 0, fmt.Errorf("store generation: %w", err)
+	if hdrOK {
+		s.lastHdr = hdr
 	}
-	s.lastData, s.gen = dv, n
-	return n, nil
+	return s.gen, nil
 }
 
 // Ping checks that the store answers a read.

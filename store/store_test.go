@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bufio"
 	"database/sql"
 	"errors"
 	"fmt"
@@ -8,6 +9,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -181,6 +184,101 @@ func TestGenerationOtherProcess(t *testing.T) {
 	}
 	if u, err := st.User(ctx, addr(t, c, "alice")); err != nil || u.Address != "alice@example.com" {
 		t.Errorf("alice after the other process's edit: %+v, %v", u, err)
+	}
+}
+
+// TestGenerationEveryCommit: another process commits 200 times and tells
+// us after each commit returned; each time the very next Generation must
+// have moved and the data must be there. This is what a cache keyed on
+// Generation relies on, with no polling window.
+func TestGenerationEveryCommit(t *testing.T) {
+	if os.Getenv("STORE_TEST_CHILD") != "" {
+		t.Skip("child")
+	}
+	ctx := t.Context()
+	path := filepath.Join(t.TempDir(), "store.db")
+	st, err := Open(ctx, path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestChildCommits$")
+	cmd.Env = append(os.Environ(), "STORE_TEST_CHILD="+path)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		// On failure the child waits for a line that never comes.
+		stdin.Close()
+		cmd.Process.Kill()
+		cmd.Wait()
+	}()
+	r := bufio.NewScanner(stdout)
+	prev, _ := st.Generation(ctx)
+	seen := 0
+	for r.Scan() {
+		line := r.Text()
+		if !strings.HasPrefix(line, "committed ") {
+			continue
+		}
+		k, _ := strconv.Atoi(strings.TrimPrefix(line, "committed "))
+		g, err := st.Generation(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if g == prev {
+			t.Fatalf("commit %d: Generation still %d", k, g)
+		}
+		if orgs, _ := st.Orgs(ctx); len(orgs) != k {
+			t.Fatalf("commit %d: %d organisations visible", k, len(orgs))
+		}
+		prev = g
+		seen++
+		// Let the child go on only now, so each commit is checked alone.
+		fmt.Fprintln(stdin)
+	}
+	if seen != 200 {
+		t.Errorf("checked %d commits, want 200", seen)
+	}
+	// With no commits, Generation must not ask SQLite: that is what makes
+	// it cheap enough for every request.
+	before := st.slow
+	for range 100 {
+		st.Generation(ctx)
+	}
+	if st.slow != before {
+		t.Errorf("%d of 100 unchanged Generation calls queried SQLite", st.slow-before)
+	}
+}
+
+// TestChildCommits runs only as TestGenerationEveryCommit's child.
+func TestChildCommits(t *testing.T) {
+	path := os.Getenv("STORE_TEST_CHILD")
+	if path == "" {
+		t.Skip("only run as a child process")
+	}
+	st, err := Open(t.Context(), path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	in := bufio.NewReader(os.Stdin)
+	for i := 1; i <= 200; i++ {
+		if _, err := st.AddOrg(t.Context(), fmt.Sprintf("org-%03d", i)); err != nil {
+			t.Fatal(err)
+		}
+		fmt.Printf("committed %d\n", i)
+		if _, err := in.ReadString('\n'); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 
