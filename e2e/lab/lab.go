@@ -7,7 +7,7 @@
 // The files are ordinary Go files so that other packages' tests can import
 // the package; its own tests carry the integration build tag. What the peers
 // do and why the set-up looks the way it does is recorded in
-// /work/shared/reference/cyrus-lab-facts.md ("facts" below).
+// the shared reference cyrus-lab-facts.md ("facts" below).
 //
 // A missing peer skips the test, or fails it when SIDECAR_STRICT=1 (see
 // Strict), so that the project's test command never passes by skipping.
