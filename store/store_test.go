@@ -454,6 +454,19 @@ func BenchmarkGenerationUnchanged(b *testing.B) {
 	}
 }
 
+// BenchmarkGenerationQuery is the same check without the header shortcut:
+// what every request would pay if it asked SQLite (PRAGMA data_version).
+func BenchmarkGenerationQuery(b *testing.B) {
+	st, _ := openTest(b)
+	ctx := b.Context()
+	for b.Loop() {
+		st.lastHdr = [walHeaderLen]byte{} // forces the query path
+		if _, err := st.Generation(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
 func BenchmarkUserLookup(b *testing.B) {
 	st, c := openTest(b)
 	ctx := b.Context()
