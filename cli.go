@@ -8,11 +8,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
-	"os/signal"
 	"runtime/debug"
 	"strings"
-	"syscall"
 	"text/tabwriter"
 
 	"golang.org/x/term"
@@ -65,7 +64,7 @@ func (c *command) parse(args []string) ([]string, error) {
 	for {
 		if err := c.fs.Parse(args); err != nil {
 			if errors.Is(err, flag.ErrHelp) {
-				return nil, usagef("%s: help requested", c.name)
+				return nil, errHelp
 			}
 			return nil, usagef("%s: %v", c.name, err)
 		}
@@ -83,8 +82,24 @@ func (c *command) parse(args []string) ([]string, error) {
 	}
 }
 
-// open loads the configuration and opens the store.
-func (c *command) open(ctx context.Context) error {
+// start parses args, checks that between min and max (-1: any number)
+// positional arguments were given, and opens the store.
+func (c *command) start(ctx context.Context, args []string, min, max int, what string, create bool) ([]string, error) {
+	pos, err := c.parse(args)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.want(pos, min, max, what); err != nil {
+		return nil, err
+	}
+	return pos, c.open(ctx, create)
+}
+
+// open loads the configuration and opens the store. Read-only commands
+// (list, show) refuse a store that does not exist yet, and a command that
+// creates one says where: an admin shell without systemd's StateDirectory
+// would otherwise quietly edit ./var/store.db while serve reads another file.
+func (c *command) open(ctx context.Context, create bool) error {
 	cwd, err := os.Getwd()
 	if err != nil {
 		return err
@@ -96,8 +111,15 @@ func (c *command) open(ctx context.Context) error {
 	if c.canon, err = c.cfg.Canon(); err != nil {
 		return err
 	}
+	_, statErr := os.Stat(c.cfg.Store.Path)
+	if errors.Is(statErr, fs.ErrNotExist) {
+		if !create {
+			return fmt.Errorf("no store at %s (serve and the first add command create it; set store.path in the configuration to share one with serve)", c.cfg.Store.Path)
+		}
+		fmt.Fprintf(c.std.err, "creating a new store at %s\n", c.cfg.Store.Path)
+	}
 	c.st, err = store.Open(ctx, c.cfg.Store.Path, store.Options{MaxReaders: 2, BusyTimeout: c.cfg.Store.BusyTimeout})
-	return err
+	return explain(err)
 }
 
 func (c *command) close() {
@@ -132,10 +154,16 @@ func (c *command) printTable(header []string, rows [][]string) error {
 	return tw.Flush()
 }
 
+// errHelp is returned after -h printed the usage: exit status 0.
+var errHelp = errors.New("help shown")
+
 // readPassword takes a new password from stdin (-password-stdin: the first
 // line) or from the terminal without echo, asked twice.
 func (c *command) readPassword(fromStdin bool) (string, error) {
 	if fromStdin {
+		if f, ok := c.std.in.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+			fmt.Fprintln(c.std.err, "warning: -password-stdin reads from a terminal and echoes; leave the flag out for a prompt without echo")
+		}
 		line, err := bufio.NewReaderSize(io.LimitReader(c.std.in, maxPasswordLen+2), maxPasswordLen+2).ReadString('\n')
 		if err != nil && !errors.Is(err, io.EOF) {
 			return "", fmt.Errorf("read password from stdin: %w", err)
@@ -179,12 +207,13 @@ func (c *command) readPassword(fromStdin bool) (string, error) {
 }
 
 // hash hashes a new password with the configured parameters.
-func (c *command) hash(pw string) (string, error) {
+func (c *command) hash(pw string) (store.Secret, error) {
 	h, err := password.New(c.cfg.Password.Params())
 	if err != nil {
 		return "", err
 	}
-	return h.Hash(pw)
+	s, err := h.Hash(pw)
+	return store.Secret(s), err
 }
 
 // address canonicalises an address argument, explaining a refusal.
@@ -201,17 +230,10 @@ func explain(err error) error {
 	switch {
 	case err == nil:
 		return nil
-	case errors.Is(err, store.ErrNotHosted):
-		return fmt.Errorf("%w; add the domain first: cyrus-sidecar domain add DOMAIN -org NAME", err)
 	case errors.Is(err, store.ErrSchema):
 		return fmt.Errorf("%w; upgrade cyrus-sidecar", err)
 	}
 	return err
-}
-
-// interruptible gives a command a context cancelled by ^C.
-func interruptible() (context.Context, context.CancelFunc) {
-	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 }
 
 func version() string {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -15,19 +16,15 @@ func cmdOrg(args []string, std stdio, getenv func(string) string) error {
 		return usagef("org: expected add, del or list")
 	}
 	sub, args := args[0], args[1:]
-	ctx, cancel := interruptible()
-	defer cancel()
+	// No ^C handler: an interrupted command leaves the store as it was
+	// (every edit is one transaction), and a terminal prompt must stay
+	// interruptible.
+	ctx := context.Background()
 	switch sub {
 	case "add", "del":
 		c := newCommand("org "+sub, "org "+sub+" NAME [-config FILE]", std, getenv)
-		pos, err := c.parse(args)
+		pos, err := c.start(ctx, args, 1, 1, "one organisation name", sub == "add")
 		if err != nil {
-			return err
-		}
-		if err := c.want(pos, 1, 1, "one organisation name"); err != nil {
-			return err
-		}
-		if err := c.open(ctx); err != nil {
 			return err
 		}
 		defer c.close()
@@ -48,14 +45,8 @@ func cmdOrg(args []string, std stdio, getenv func(string) string) error {
 		return nil
 	case "list":
 		c := newCommand("org list", "org list [-json] [-config FILE]", std, getenv).withJSON()
-		pos, err := c.parse(args)
+		_, err := c.start(ctx, args, 0, 0, "no arguments", false)
 		if err != nil {
-			return err
-		}
-		if err := c.want(pos, 0, 0, "no arguments"); err != nil {
-			return err
-		}
-		if err := c.open(ctx); err != nil {
 			return err
 		}
 		defer c.close()
@@ -80,12 +71,18 @@ func cmdDomain(args []string, std stdio, getenv func(string) string) error {
 		return usagef("domain: expected add, del, set or list")
 	}
 	sub, args := args[0], args[1:]
-	ctx, cancel := interruptible()
-	defer cancel()
+	// No ^C handler: an interrupted command leaves the store as it was
+	// (every edit is one transaction), and a terminal prompt must stay
+	// interruptible.
+	ctx := context.Background()
 	switch sub {
 	case "add", "set":
-		c := newCommand("domain "+sub, "domain "+sub+" DOMAIN -org NAME [-catchall ADDRESS] [-config FILE]", std, getenv)
-		org := c.fs.String("org", "", "the organisation that owns the domain (add)")
+		syn := "domain add DOMAIN -org NAME [-catchall ADDRESS] [-config FILE]"
+		if sub == "set" {
+			syn = "domain set DOMAIN [-org NAME] [-catchall ADDRESS] [-config FILE]"
+		}
+		c := newCommand("domain "+sub, syn, std, getenv)
+		org := c.fs.String("org", "", "the organisation that owns the domain (set: move it there)")
 		catchall := c.fs.String("catchall", "", "`address` that receives mail for unknown local parts (\"\" with set: none)")
 		pos, err := c.parse(args)
 		if err != nil {
@@ -97,7 +94,10 @@ func cmdDomain(args []string, std stdio, getenv func(string) string) error {
 		if sub == "add" && *org == "" {
 			return usagef("domain add: -org NAME is required (see cyrus-sidecar org list)")
 		}
-		if err := c.open(ctx); err != nil {
+		if sub == "set" && !flagSet(c, "catchall") && !flagSet(c, "org") {
+			return usagef("domain set: nothing to set (-org NAME, -catchall ADDRESS)")
+		}
+		if err := c.open(ctx, sub == "add"); err != nil {
 			return err
 		}
 		defer c.close()
@@ -111,22 +111,36 @@ func cmdDomain(args []string, std stdio, getenv func(string) string) error {
 				return fmt.Errorf("-catchall %q is not a valid address: %w", *catchall, err)
 			}
 		}
-		if sub == "add" {
-			d, err := c.st.AddDomain(ctx, name, *org)
-			if err != nil {
-				if errors.Is(err, store.ErrNotFound) {
-					return fmt.Errorf("%w; create it with: cyrus-sidecar org add %q", err, *org)
-				}
+		// Once the domain is known to exist, the only thing AddDomain or
+		// MoveDomain can fail to find is the organisation.
+		orgHint := func(err error) error {
+			if errors.Is(err, store.ErrNotFound) {
+				return fmt.Errorf("%w; create it with: cyrus-sidecar org add %q", err, *org)
+			}
+			return err
+		}
+		if sub == "set" {
+			if _, err := c.st.Domain(ctx, name); err != nil {
 				return err
 			}
-			fmt.Fprintf(std.out, "domain %s added to organisation %q\n", name, d.Org)
-			if target.IsZero() {
-				return nil
+		}
+		switch {
+		case sub == "add":
+			d, err := c.st.AddDomain(ctx, name, *org)
+			if err != nil {
+				return orgHint(err)
 			}
+			fmt.Fprintf(std.out, "domain %s added to organisation %q\n", name, d.Org)
+		case flagSet(c, "org"):
+			if err := c.st.MoveDomain(ctx, name, *org); err != nil {
+				return orgHint(err)
+			}
+			fmt.Fprintf(std.out, "domain %s moved to organisation %q\n", name, *org)
 		}
-		if sub == "set" && !flagSet(c, "catchall") {
-			return usagef("domain set: nothing to set (-catchall ADDRESS)")
+		if !flagSet(c, "catchall") || (sub == "add" && target.IsZero()) {
+			return nil
 		}
+		c.warnDangling(ctx, target)
 		if err := c.st.SetCatchAll(ctx, name, target); err != nil {
 			return err
 		}
@@ -138,14 +152,8 @@ func cmdDomain(args []string, std stdio, getenv func(string) string) error {
 		return nil
 	case "del":
 		c := newCommand("domain del", "domain del DOMAIN [-config FILE]", std, getenv)
-		pos, err := c.parse(args)
+		pos, err := c.start(ctx, args, 1, 1, "one domain", false)
 		if err != nil {
-			return err
-		}
-		if err := c.want(pos, 1, 1, "one domain"); err != nil {
-			return err
-		}
-		if err := c.open(ctx); err != nil {
 			return err
 		}
 		defer c.close()
@@ -163,14 +171,8 @@ func cmdDomain(args []string, std stdio, getenv func(string) string) error {
 		return nil
 	case "list":
 		c := newCommand("domain list", "domain list [-json] [-config FILE]", std, getenv).withJSON()
-		pos, err := c.parse(args)
+		_, err := c.start(ctx, args, 0, 0, "no arguments", false)
 		if err != nil {
-			return err
-		}
-		if err := c.want(pos, 0, 0, "no arguments"); err != nil {
-			return err
-		}
-		if err := c.open(ctx); err != nil {
 			return err
 		}
 		defer c.close()
@@ -195,8 +197,10 @@ func cmdAlias(args []string, std stdio, getenv func(string) string) error {
 		return usagef("alias: expected add, del or list")
 	}
 	sub, args := args[0], args[1:]
-	ctx, cancel := interruptible()
-	defer cancel()
+	// No ^C handler: an interrupted command leaves the store as it was
+	// (every edit is one transaction), and a terminal prompt must stay
+	// interruptible.
+	ctx := context.Background()
 	switch sub {
 	case "add", "del":
 		syn := "alias add ADDRESS TARGET... [-config FILE]"
@@ -215,7 +219,7 @@ func cmdAlias(args []string, std stdio, getenv func(string) string) error {
 		if err := c.want(pos, min, -1, "an address and its targets"); err != nil {
 			return err
 		}
-		if err := c.open(ctx); err != nil {
+		if err := c.open(ctx, sub == "add"); err != nil {
 			return err
 		}
 		defer c.close()
@@ -235,9 +239,14 @@ func cmdAlias(args []string, std stdio, getenv func(string) string) error {
 			targets = append(targets, t)
 		}
 		if sub == "add" {
+			for _, t := range targets {
+				c.warnDangling(ctx, t)
+			}
 			al, err := c.st.AddAlias(ctx, a, targets)
-			if err != nil {
-				return explain(err)
+			if errors.Is(err, store.ErrNotHosted) {
+				return fmt.Errorf("domain %s is not hosted here; add it first: cyrus-sidecar domain add %s -org NAME", a.Domain(), a.Domain())
+			} else if err != nil {
+				return err
 			}
 			fmt.Fprintf(std.out, "alias %s -> %s\n", al.Address, joinComma(al.Targets))
 			return nil
@@ -255,14 +264,8 @@ func cmdAlias(args []string, std stdio, getenv func(string) string) error {
 	case "list":
 		c := newCommand("alias list", "alias list [-domain DOMAIN] [-json] [-config FILE]", std, getenv).withJSON()
 		domain := c.fs.String("domain", "", "only aliases of this `domain`")
-		pos, err := c.parse(args)
+		_, err := c.start(ctx, args, 0, 0, "no arguments", false)
 		if err != nil {
-			return err
-		}
-		if err := c.want(pos, 0, 0, "no arguments"); err != nil {
-			return err
-		}
-		if err := c.open(ctx); err != nil {
 			return err
 		}
 		defer c.close()
@@ -284,6 +287,25 @@ func cmdAlias(args []string, std stdio, getenv func(string) string) error {
 		return c.printTable([]string{"ALIAS", "TARGETS"}, rows)
 	}
 	return usagef("alias: unknown subcommand %q (add, del, list)", sub)
+}
+
+// warnDangling tells the admin when a target in one of our own domains
+// names nobody (a typo would otherwise swallow mail silently).
+func (c *command) warnDangling(ctx context.Context, t store.Address) {
+	if _, err := c.st.Domain(ctx, t.Domain()); err != nil {
+		return // another system's address, or we cannot tell: say nothing
+	}
+	base, err := c.canon.Address(t.String()) // without its +detail
+	if err != nil {
+		base = t
+	}
+	if _, err := c.st.User(ctx, base); err == nil {
+		return
+	}
+	if _, err := c.st.Alias(ctx, base); err == nil {
+		return
+	}
+	fmt.Fprintf(c.std.err, "warning: %s is neither a user nor an alias here; mail to it will be refused\n", t)
 }
 
 // optDomain canonicalises an optional -domain filter.

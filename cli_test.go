@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -29,7 +30,15 @@ func testEnv(t *testing.T) string {
 func runCLI(t *testing.T, cfg, stdin string, args ...string) (string, string, error) {
 	t.Helper()
 	var out, errOut bytes.Buffer
-	err := realMain(append(args, "-config", cfg), stdio{strings.NewReader(stdin), &out, &errOut}, noEnv)
+	// The file comes through the environment, so that tests of "--" can
+	// put anything last.
+	getenv := func(k string) string {
+		if k == "CYRUS_SIDECAR_CONFIG" {
+			return cfg
+		}
+		return ""
+	}
+	err := realMain(args, stdio{strings.NewReader(stdin), &out, &errOut}, getenv)
 	return out.String(), errOut.String(), err
 }
 
@@ -163,6 +172,71 @@ func TestCLIErrors(t *testing.T) {
 	}
 }
 
+func TestCLIDomainSetAndWarnings(t *testing.T) {
+	cfg := testEnv(t)
+	mustRun(t, cfg, "", "org", "add", "Acme")
+	mustRun(t, cfg, "", "org", "add", "Other")
+	mustRun(t, cfg, "", "domain", "add", "example.com", "-org", "Acme")
+	mustRun(t, cfg, "", "domain", "set", "example.com", "-org", "Other")
+	if out := mustRun(t, cfg, "", "domain", "list"); !strings.Contains(out, "example.com  Other") {
+		t.Errorf("after domain set -org:\n%s", out)
+	}
+	if _, _, err := runCLI(t, cfg, "", "domain", "set", "example.com", "-org", "Nope"); err == nil ||
+		!strings.Contains(err.Error(), `create it with: cyrus-sidecar org add "Nope"`) {
+		t.Errorf("domain set -org Nope: %v", err)
+	}
+	if _, _, err := runCLI(t, cfg, "", "domain", "set", "nothere.org", "-org", "Acme"); err == nil ||
+		!strings.Contains(err.Error(), "domain nothere.org: not found") {
+		t.Errorf("domain set of an unknown domain: %v", err)
+	}
+	mustRun(t, cfg, "", "user", "add", "alice", "-no-password")
+	_, errOut, err := runCLI(t, cfg, "", "alias", "add", "sales", "alice", "typo@example.com", "friend@outside.org")
+	if err != nil || !strings.Contains(errOut, "typo@example.com is neither a user nor an alias") || strings.Contains(errOut, "alice@") ||
+		strings.Contains(errOut, "outside.org") {
+		t.Errorf("alias add with a typo: %v, stderr %q", err, errOut)
+	}
+	if _, _, err := runCLI(t, cfg, "", "user", "set", "alice", "-services", ""); err == nil {
+		t.Errorf("user set -services \"\" was accepted")
+	}
+	for _, name := range []string{"anyone", "Anonymous@example.com"} {
+		if _, _, err := runCLI(t, cfg, "", "user", "add", name, "-no-password"); err == nil || !strings.Contains(err.Error(), "reserved by Cyrus") {
+			t.Errorf("user add %s: %v", name, err)
+		}
+	}
+	// "--" ends the flags: a display name may start with '-'.
+	mustRun(t, cfg, "", "user", "set", "alice", "-name", "x", "--")
+	if _, _, err := runCLI(t, cfg, "", "user", "set", "--", "alice", "-name", "x"); err == nil {
+		t.Errorf("user set -- alice -name x: flags after -- were taken as flags")
+	}
+	if _, _, err := runCLI(t, cfg, "", "org", "add", "--", "-dash"); err != nil {
+		t.Errorf("org add -- -dash: %v", err)
+	}
+	if out := mustRun(t, cfg, "", "org", "list"); !strings.Contains(out, "-dash") {
+		t.Errorf("org named -dash missing:\n%s", out)
+	}
+}
+
+func TestParseInterleaved(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		pos  string
+		org  string
+	}{
+		{[]string{"example.com", "-org", "Acme"}, "example.com", "Acme"},
+		{[]string{"-org", "Acme", "example.com"}, "example.com", "Acme"},
+		{[]string{"a", "-org=Acme", "b"}, "a b", "Acme"},
+		{[]string{"-org", "Acme", "--", "-x", "-org"}, "-x -org", "Acme"},
+		{[]string{"a", "--", "b"}, "a b", ""},
+	} {
+		c := newCommand("t", "", stdio{nil, io.Discard, io.Discard}, noEnv)
+		org := c.fs.String("org", "", "")
+		pos, err := c.parse(tt.args)
+		if err != nil || strings.Join(pos, " ") != tt.pos || *org != tt.org {
+			t.Errorf("parse(%q) = %q, -org %q, %v; want %q, %q", tt.args, pos, *org, err, tt.pos, tt.org)
+		}
+	}
+}
+
 func TestCLIBadConfig(t *testing.T) {
 	_, _, err := runCLI(t, "testdata/config/bad/relative-paths.toml", "", "org", "list")
 	if err == nil || !strings.Contains(err.Error(), "store.path: must be an absolute path") {
@@ -181,7 +255,10 @@ func TestExitStatus(t *testing.T) {
 		args []string
 		code int
 	}{
+		{[]string{"org", "list"}, 1}, // no store yet: not created by a read
+		{[]string{"org", "add", "Acme"}, 0},
 		{[]string{"org", "list"}, 0},
+		{[]string{"org", "list", "-h"}, 0},
 		{[]string{"org", "del", "Nope"}, 1},
 		{[]string{"org"}, 2},
 		{[]string{"frob"}, 2},
@@ -235,7 +312,7 @@ func storedHash(t *testing.T, cfg, address string) string {
 	t.Helper()
 	c := newCommand("test", "", stdio{}, noEnv)
 	*c.config = cfg
-	if err := c.open(t.Context()); err != nil {
+	if err := c.open(t.Context(), false); err != nil {
 		t.Fatal(err)
 	}
 	defer c.close()
@@ -247,5 +324,5 @@ func storedHash(t *testing.T, cfg, address string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return u.PasswordHash
+	return u.PasswordHash.Reveal()
 }

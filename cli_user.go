@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -13,8 +14,10 @@ func cmdUser(args []string, std stdio, getenv func(string) string) error {
 		return usagef("user: expected add, passwd, set, disable, enable, del, show or list")
 	}
 	sub, args := args[0], args[1:]
-	ctx, cancel := interruptible()
-	defer cancel()
+	// No ^C handler: an interrupted command leaves the store as it was
+	// (every edit is one transaction), and a terminal prompt must stay
+	// interruptible.
+	ctx := context.Background()
 	switch sub {
 	case "add", "passwd":
 		syn := "user add ADDRESS [-password-stdin | -no-password] [-name NAME] [-services LIST] [-config FILE]"
@@ -45,11 +48,11 @@ func cmdUser(args []string, std stdio, getenv func(string) string) error {
 				return usagef("user add: -services: %v", err)
 			}
 		}
-		if err := c.open(ctx); err != nil {
+		if err := c.open(ctx, sub == "add"); err != nil {
 			return err
 		}
 		defer c.close()
-		a, err := c.userAddress(pos[0])
+		a, err := c.userAddress(pos[0], sub == "add")
 		if err != nil {
 			return err
 		}
@@ -66,7 +69,7 @@ func cmdUser(args []string, std stdio, getenv func(string) string) error {
 		} else if _, err := c.st.User(ctx, a); err != nil {
 			return err
 		}
-		var hash string
+		var hash store.Secret
 		if !*noPassword {
 			pw, err := c.readPassword(*fromStdin)
 			if err != nil {
@@ -103,15 +106,18 @@ func cmdUser(args []string, std stdio, getenv func(string) string) error {
 		if !flagSet(c, "name") && !flagSet(c, "services") {
 			return usagef("user set: nothing to set (-name, -services)")
 		}
-		if err := c.open(ctx); err != nil {
+		if err := c.open(ctx, false); err != nil {
 			return err
 		}
 		defer c.close()
-		a, err := c.userAddress(pos[0])
+		a, err := c.userAddress(pos[0], false)
 		if err != nil {
 			return err
 		}
 		if flagSet(c, "services") {
+			if strings.TrimSpace(*services) == "" {
+				return usagef("user set: -services \"\" would allow every service; say -services '*' for that, or list them")
+			}
 			svc, err := store.ParseServices(*services)
 			if err != nil {
 				return usagef("user set: -services: %v", err)
@@ -132,18 +138,12 @@ func cmdUser(args []string, std stdio, getenv func(string) string) error {
 		if sub == "show" {
 			c.withJSON()
 		}
-		pos, err := c.parse(args)
+		pos, err := c.start(ctx, args, 1, 1, "one address", false)
 		if err != nil {
 			return err
 		}
-		if err := c.want(pos, 1, 1, "one address"); err != nil {
-			return err
-		}
-		if err := c.open(ctx); err != nil {
-			return err
-		}
 		defer c.close()
-		a, err := c.userAddress(pos[0])
+		a, err := c.userAddress(pos[0], false)
 		if err != nil {
 			return err
 		}
@@ -181,14 +181,8 @@ func cmdUser(args []string, std stdio, getenv func(string) string) error {
 	case "list":
 		c := newCommand("user list", "user list [-domain DOMAIN] [-json] [-config FILE]", std, getenv).withJSON()
 		domain := c.fs.String("domain", "", "only users of this `domain`")
-		pos, err := c.parse(args)
+		_, err := c.start(ctx, args, 0, 0, "no arguments", false)
 		if err != nil {
-			return err
-		}
-		if err := c.want(pos, 0, 0, "no arguments"); err != nil {
-			return err
-		}
-		if err := c.open(ctx); err != nil {
 			return err
 		}
 		defer c.close()
@@ -212,15 +206,24 @@ func cmdUser(args []string, std stdio, getenv func(string) string) error {
 	return usagef("user: unknown subcommand %q (add, passwd, set, disable, enable, del, show, list)", sub)
 }
 
-// userAddress canonicalises a user address; a user never has a +detail.
-func (c *command) userAddress(s string) (store.Address, error) {
+// userAddress canonicalises a user's address. A new user cannot have a
+// +detail (mail to alice+x reaches alice); an existing one is looked up
+// exactly as written, the way a login is.
+func (c *command) userAddress(s string, adding bool) (store.Address, error) {
+	if !adding {
+		a, err := c.canon.Login(s, "")
+		if err != nil {
+			return store.Address{}, fmt.Errorf("%q is not a valid address: %w", s, err)
+		}
+		return a, nil
+	}
 	a, err := c.address(s)
 	if err != nil {
 		return store.Address{}, err
 	}
 	if a.Detail() != "" {
-		return store.Address{}, fmt.Errorf("%q: a user address cannot contain the detail separator %q (mail to %s reaches the user anyway)",
-			s, c.cfg.Cyrus.DetailSeparator, s)
+		return store.Address{}, fmt.Errorf("%q: a user address cannot contain the detail separator %q (mail to %s reaches %s anyway)",
+			s, c.cfg.Cyrus.DetailSeparator, s, a)
 	}
 	return a, nil
 }

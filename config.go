@@ -261,7 +261,7 @@ func (c *Config) validate() []fieldError {
 		bad("cyrus.default_domain", "must be a domain name such as \"example.com\" (Cyrus's defaultdomain), got %q", c.Cyrus.DefaultDomain)
 	}
 	if _, err := store.NewCanon("", c.Cyrus.DetailSeparator); err != nil {
-		bad("cyrus.detail_separator", "must be \"\" or characters such as \"+\" or \"+-\", got %q", c.Cyrus.DetailSeparator)
+		bad("cyrus.detail_separator", "must be \"+\" (the only separator Cyrus lmtpd knows) or \"\" for none, got %q", c.Cyrus.DetailSeparator)
 	}
 	for _, a := range []struct {
 		key  string

@@ -55,10 +55,13 @@ func decodeStruct(prefix string, m map[string]any, v reflect.Value, errs *[]fiel
 		f, ok := fields[k]
 		if !ok {
 			msg := "unknown key"
-			if s := closest(k, names); s != "" {
+			switch s := closest(k, names); {
+			case s != "":
 				msg += fmt.Sprintf(", did you mean %q?", s)
-			} else if prefix == "" {
+			case prefix == "":
 				msg += fmt.Sprintf(" (sections are %s)", strings.Join(names, ", "))
+			default:
+				msg += fmt.Sprintf(" (keys of [%s] are %s)", prefix, strings.Join(names, ", "))
 			}
 			*errs = append(*errs, fieldError{key, msg})
 			continue

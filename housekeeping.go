@@ -34,9 +34,14 @@ func (h *housekeeper) Reload(cfg *Config) {
 	h.cfg.Store(&a)
 }
 
-// Run prunes at start and then every prune_interval until ctx ends.
+// Run prunes at start and then every prune_interval until ctx ends. It
+// returns an error, stopping serve (systemd restarts it), when the store
+// file was replaced under the process.
 func (h *housekeeper) Run(ctx context.Context) error {
 	for {
+		if err := h.st.CheckFile(); err != nil {
+			return err
+		}
 		h.round(ctx)
 		t := time.NewTimer(h.cfg.Load().PruneInterval)
 		select {

@@ -12,7 +12,7 @@ import (
 
 func main() {
 	err := realMain(os.Args[1:], stdio{os.Stdin, os.Stdout, os.Stderr}, os.Getenv)
-	if err == nil {
+	if err == nil || errors.Is(err, errHelp) {
 		return
 	}
 	fmt.Fprintln(os.Stderr, "cyrus-sidecar:", err)

@@ -73,15 +73,17 @@ func serve(cfg *Config, path string, log *slog.Logger, level *slog.LevelVar, sd 
 	}
 	log.Info("starting", "version", version(), "config", source, "store", cfg.Store.Path,
 		"state_dir", cfg.StateDir, "runtime_dir", cfg.RuntimeDir, "default_domain", cfg.Cyrus.DefaultDomain)
-	if err := os.MkdirAll(cfg.RuntimeDir, 0o755); err != nil {
-		return fmt.Errorf("runtime directory: %w", err)
-	}
 	st, err := store.Open(context.Background(), cfg.Store.Path,
 		store.Options{MaxReaders: cfg.Store.MaxReaders, BusyTimeout: cfg.Store.BusyTimeout})
 	if err != nil {
 		return err
 	}
 	defer st.Close()
+	// After the store, whose directory (often the runtime directory's
+	// parent, ./var) must be created private first.
+	if err := os.MkdirAll(cfg.RuntimeDir, 0o755); err != nil {
+		return fmt.Errorf("runtime directory: %w", err)
+	}
 
 	var current atomic.Pointer[Config]
 	current.Store(cfg)

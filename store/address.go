@@ -4,9 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"unicode"
 	"unicode/utf8"
 
 	"golang.org/x/net/idna"
+	"golang.org/x/text/unicode/norm"
 )
 
 // Limits on addresses, from RFC 5321 §4.5.3.1: a local part of at most 64
@@ -66,7 +68,7 @@ type Canon struct {
 
 // NewCanon returns a Canon with Cyrus's defaultdomain (may be empty: then a
 // bare local part is malformed) and the sub-address separator characters
-// (like Postfix's recipient_delimiter; "" turns detail stripping off).
+// ("+", as Cyrus lmtpd uses; "" turns detail stripping off).
 func NewCanon(defaultDomain, separators string) (Canon, error) {
 	c := Canon{separators: separators}
 	if defaultDomain != "" {
@@ -76,10 +78,10 @@ func NewCanon(defaultDomain, separators string) (Canon, error) {
 		}
 		c.defaultDomain = d
 	}
-	for _, r := range separators {
-		if r >= utf8.RuneSelf || !isAtext(byte(r)) || r == '.' {
-			return Canon{}, fmt.Errorf("detail separator %q: %w: must be ASCII punctuation allowed in a local part", r, ErrMalformed)
-		}
+	// Cyrus lmtpd splits sub-addresses at '+' only; any other separator
+	// would make us deliver where Cyrus would not.
+	if separators != "" && separators != "+" {
+		return Canon{}, malformed("detail separator %q: Cyrus only knows \"+\" (or \"\" for none)", separators)
 	}
 	return c, nil
 }
@@ -90,7 +92,7 @@ func (c Canon) DefaultDomain() string { return c.defaultDomain }
 // Address canonicalises a recipient or directory address: split at the last
 // '@', default domain when none, lower-case, +detail split off.
 func (c Canon) Address(s string) (Address, error) {
-	return c.canonical(s, "", true)
+	return c.canonical(s, "", recipient)
 }
 
 // Login canonicalises what a saslauthd client sends: Cyrus has already split
@@ -101,32 +103,44 @@ func (c Canon) Login(login, realm string) (Address, error) {
 	if realm != "" && strings.Contains(login, "@") {
 		// The client splits at the last '@'; a second one means the user id
 		// held two, which names no mailbox.
-		return Address{}, fmt.Errorf("login with '@' and a realm: %w", ErrMalformed)
+		return Address{}, malformed("login with '@' and a realm")
 	}
-	return c.canonical(login, realm, false)
+	return c.canonical(login, realm, loginName)
 }
 
-// Exact canonicalises an address without splitting off a +detail: for
-// alias targets and other places where the sub-address is meant.
+// Exact canonicalises an address without splitting off a +detail and with
+// RFC 5322's characters rather than Cyrus's: for alias targets and
+// catch-alls, which may live on other systems and name a sub-address.
 func (c Canon) Exact(s string) (Address, error) {
-	return c.canonical(s, "", false)
+	return c.canonical(s, "", target)
 }
 
-// canonical is the single implementation behind Address and Login.
-func (c Canon) canonical(s, realm string, stripDetail bool) (Address, error) {
+// mode is what an address is being canonicalised for.
+type mode int
+
+const (
+	recipient mode = iota // a mailbox address: +detail split off
+	loginName             // a saslauthd login: kept whole
+	target                // an alias target or catch-all: anywhere, +detail kept
+)
+
+// canonical is the single implementation behind Address, Login and Exact.
+// Recipients and logins also follow Cyrus's rules for user names; targets
+// may live on other systems and only follow RFC 5322.
+func (c Canon) canonical(s, realm string, m mode) (Address, error) {
 	if len(s) > maxInput || len(realm) > maxInput {
-		return Address{}, fmt.Errorf("address longer than %d bytes: %w", maxInput, ErrMalformed)
+		return Address{}, malformed("address longer than %d bytes", maxInput)
 	}
 	local, domain := s, realm
 	if i := strings.LastIndexByte(s, '@'); i >= 0 {
 		local, domain = s[:i], s[i+1:]
 		if domain == "" {
-			return Address{}, fmt.Errorf("address %q ends in '@': %w", s, ErrMalformed)
+			return Address{}, malformed("address %q ends in '@'", trunc(s))
 		}
 	}
 	if domain == "" {
 		if c.defaultDomain == "" {
-			return Address{}, fmt.Errorf("address %q has no domain and no default domain is set: %w", s, ErrMalformed)
+			return Address{}, malformed("address %q has no domain and no default domain is set", trunc(s))
 		}
 		domain = c.defaultDomain
 	} else {
@@ -136,23 +150,33 @@ func (c Canon) canonical(s, realm string, stripDetail bool) (Address, error) {
 		}
 		domain = d
 	}
-	if err := checkLocal(local); err != nil {
+	if err := checkLocal(local, m != target); err != nil {
 		return Address{}, err
 	}
-	local = lowerASCII(local)
+	// Cyrus (mbname_from_recipient) splits at the first separator and
+	// lower-cases the user part only: the detail names a folder, and
+	// folder names keep their case.
 	var detail string
-	if stripDetail && c.separators != "" {
-		// A separator in first position leaves no user name: keep the local
-		// part whole rather than map "+x" to the empty user.
-		if i := strings.IndexAny(local, c.separators); i > 0 {
-			local, detail = local[:i], local[i+1:]
+	switch i := strings.IndexAny(local, c.separators); {
+	case c.separators == "" || i <= 0 || m == loginName:
+		// Cyrus lower-cases a whole login (username_tolower). A separator
+		// in first position leaves no user name: the local part stays
+		// whole rather than naming the empty user.
+		local = lowerASCII(local)
+	case m == recipient:
+		local, detail = lowerASCII(local[:i]), local[i+1:]
+		if strings.HasSuffix(local, ".") {
+			// "a.+x": the user part alone must still be a Dot-string.
+			return Address{}, malformed("local part %q ends in '.'", trunc(local))
 		}
+	default: // target: the sub-address stays, with its case
+		local = lowerASCII(local[:i]) + local[i:]
 	}
 	if len(local) > MaxLocal {
-		return Address{}, fmt.Errorf("local part longer than %d bytes: %w", MaxLocal, ErrMalformed)
+		return Address{}, malformed("local part longer than %d bytes", MaxLocal)
 	}
 	if len(local)+1+len(domain) > MaxAddress {
-		return Address{}, fmt.Errorf("address longer than %d bytes: %w", MaxAddress, ErrMalformed)
+		return Address{}, malformed("address longer than %d bytes", MaxAddress)
 	}
 	return Address{local: local, domain: domain, detail: detail}, nil
 }
@@ -161,22 +185,22 @@ func (c Canon) canonical(s, realm string, stripDetail bool) (Address, error) {
 // A-label form (RFC 5890), LDH labels of 1 to 63 octets.
 func (c Canon) Domain(s string) (string, error) {
 	if s == "" || len(s) > maxInput {
-		return "", fmt.Errorf("domain %q: empty or too long: %w", trunc(s), ErrMalformed)
+		return "", malformed("domain %q: empty or too long", trunc(s))
 	}
 	d := s
 	if !isASCII(s) {
 		if !utf8.ValidString(s) {
-			return "", fmt.Errorf("domain: invalid UTF-8: %w", ErrMalformed)
+			return "", malformed("domain: invalid UTF-8")
 		}
 		a, err := idna.Lookup.ToASCII(s)
 		if err != nil {
-			return "", fmt.Errorf("domain %q: %v: %w", s, err, ErrMalformed)
+			return "", malformed("domain %q: %v", s, err)
 		}
 		d = a
 	}
 	d = lowerASCII(d)
 	if len(d) > MaxDomain {
-		return "", fmt.Errorf("domain longer than %d bytes: %w", MaxDomain, ErrMalformed)
+		return "", malformed("domain longer than %d bytes", MaxDomain)
 	}
 	for label := range strings.SplitSeq(d, ".") {
 		if err := checkLabel(label); err != nil {
@@ -189,42 +213,66 @@ func (c Canon) Domain(s string) (string, error) {
 // checkLabel enforces the LDH rule (RFC 1035 §2.3.1, RFC 5890 §2.3.1).
 func checkLabel(l string) error {
 	if l == "" || len(l) > 63 {
-		return fmt.Errorf("label must be 1 to 63 characters: %w", ErrMalformed)
+		return malformed("label must be 1 to 63 characters")
 	}
 	if l[0] == '-' || l[len(l)-1] == '-' {
-		return fmt.Errorf("label %q starts or ends with '-': %w", l, ErrMalformed)
+		return malformed("label %q starts or ends with '-'", l)
 	}
 	for i := 0; i < len(l); i++ {
 		b := l[i]
 		if !(b >= 'a' && b <= 'z' || b >= '0' && b <= '9' || b == '-') {
-			return fmt.Errorf("character %q not allowed in a domain: %w", b, ErrMalformed)
+			return malformed("character %q not allowed in a domain", b)
 		}
 	}
 	return nil
 }
 
-// checkLocal accepts an RFC 5321 Dot-string of atext, plus UTF-8 (RFC 6531),
+// cyrusPunct is the ASCII punctuation Cyrus 3.6 allows in a user name
+// (mboxname_policycheck's GOODCHARS, intersected with RFC 5322 atext; '.'
+// becomes '^' inside Cyrus with unixhierarchysep). Others, such as '%' (a
+// domain separator to Cyrus's canonify_userid), '!', '&', '*', '/', '?',
+// '{', '|', '}', '`' and '^', name no mailbox.
+const cyrusPunct = "#$'+-=_~."
+
+// checkLocal accepts an RFC 5321 Dot-string of atext plus UTF-8 (RFC 6531),
 // and nothing that would need quoting: no quoted local parts, which no Cyrus
-// mailbox name can hold anyway.
-func checkLocal(l string) error {
+// mailbox name can hold anyway. strict narrows ASCII punctuation to what
+// Cyrus accepts in a user name. Non-ASCII must be NFC and printable, so that
+// two spellings of one name cannot become two users.
+func checkLocal(l string, strict bool) error {
 	if l == "" {
-		return fmt.Errorf("empty local part: %w", ErrMalformed)
+		return malformed("empty local part")
 	}
 	if !utf8.ValidString(l) {
-		return fmt.Errorf("local part: invalid UTF-8: %w", ErrMalformed)
+		return malformed("local part: invalid UTF-8")
 	}
 	if l[0] == '.' || l[len(l)-1] == '.' || strings.Contains(l, "..") {
-		return fmt.Errorf("local part %q: dots must separate words: %w", trunc(l), ErrMalformed)
+		return malformed("local part %q: dots must separate words", trunc(l))
 	}
+	ascii := true
 	for i := 0; i < len(l); i++ {
 		b := l[i]
-		if b >= utf8.RuneSelf || b == '.' || isAtext(b) {
-			continue
+		switch {
+		case b >= utf8.RuneSelf:
+			ascii = false
+		case b < 0x20 || b == 0x7f:
+			return malformed("control byte 0x%02x in address", b)
+		case b >= 'a' && b <= 'z', b >= 'A' && b <= 'Z', b >= '0' && b <= '9':
+		case strict && strings.IndexByte(cyrusPunct, b) >= 0, !strict && (b == '.' || isAtext(b)):
+		default:
+			return malformed("character %q not allowed in a mailbox address", b)
 		}
-		if b < 0x20 || b == 0x7f {
-			return fmt.Errorf("control byte 0x%02x in address: %w", b, ErrMalformed)
+	}
+	if ascii {
+		return nil
+	}
+	for _, r := range l {
+		if r >= utf8.RuneSelf && (!unicode.IsGraphic(r) || unicode.IsSpace(r) || unicode.Is(unicode.Cf, r)) {
+			return malformed("character %U not allowed in an address", r)
 		}
-		return fmt.Errorf("character %q not allowed in an address: %w", b, ErrMalformed)
+	}
+	if !norm.NFC.IsNormalString(l) {
+		return malformed("local part %q is not in Unicode normal form C", trunc(l))
 	}
 	return nil
 }
@@ -270,4 +318,16 @@ func trunc(s string) string {
 		return s[:64] + "..."
 	}
 	return s
+}
+
+// malformedError is an ErrMalformed whose text is only the reason, so that
+// messages read "... is not a valid address: character ' ' not allowed"
+// rather than ending in the sentinel's word.
+type malformedError struct{ msg string }
+
+func (e *malformedError) Error() string        { return e.msg }
+func (e *malformedError) Is(target error) bool { return target == ErrMalformed }
+
+func malformed(format string, args ...any) error {
+	return &malformedError{fmt.Sprintf(format, args...)}
 }

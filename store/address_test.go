@@ -25,7 +25,7 @@ func TestCanonAddress(t *testing.T) {
 		{"Alice@Example.COM", "alice@example.com", "", nil},
 		{"alice", "alice@example.com", "", nil},
 		{"alice+folder@example.com", "alice@example.com", "folder", nil},
-		{"Alice+Folder@example.com", "alice@example.com", "folder", nil},
+		{"Alice+Folder@example.com", "alice@example.com", "Folder", nil}, // Cyrus keeps the folder's case
 		{"alice+a+b@example.com", "alice@example.com", "a+b", nil},
 		{"+x@example.com", "+x@example.com", "", nil}, // no user before the separator
 		{"carol@other.org", "carol@other.org", "", nil},
@@ -46,6 +46,18 @@ func TestCanonAddress(t *testing.T) {
 		{"alice.@example.com", "", "", ErrMalformed},
 		{"al..ice@example.com", "", "", ErrMalformed},
 		{"alice@exa_mple.com", "", "", ErrMalformed},
+		{"o'brien@example.com", "o'brien@example.com", "", nil},
+		{"a_b-c=d~e#f$g@example.com", "a_b-c=d~e#f$g@example.com", "", nil},
+		{"100%@example.com", "", "", ErrMalformed},        // '%' separates domains in Cyrus
+		{"a!b@example.com", "", "", ErrMalformed},         // not in Cyrus's GOODCHARS
+		{"a/b@example.com", "", "", ErrMalformed},         // hierarchy separator
+		{"a^b@example.com", "", "", ErrMalformed},         // stands for '.' inside Cyrus
+		{"a&b@example.com", "", "", ErrMalformed},         // starts modified UTF-7
+		{"e\u0301mile@example.com", "", "", ErrMalformed}, // NFD: not normal form C
+		{"émile@example.com", "émile@example.com", "", nil},
+		{"a\u202eb@example.com", "", "", ErrMalformed}, // bidi override (Cf)
+		{"a\u0085b@example.com", "", "", ErrMalformed}, // C1 control
+		{"a\u00a0b@example.com", "", "", ErrMalformed}, // no-break space
 		{"alice@-example.com", "", "", ErrMalformed},
 		{"alice@example..com", "", "", ErrMalformed},
 		{"alice@example.com.", "", "", ErrMalformed},
@@ -96,6 +108,24 @@ func TestCanonLogin(t *testing.T) {
 	}
 }
 
+// TestCanonExact: alias targets keep their +detail and may use any RFC 5322
+// atext, since they can live on other systems.
+func TestCanonExact(t *testing.T) {
+	c := mustCanon(t, "example.com", "+")
+	for in, want := range map[string]string{
+		"Bob+Lists@Example.com": "bob+Lists@example.com", // the folder keeps its case
+		"a!b%c@outside.org":     "a!b%c@outside.org",
+		"bob":                   "bob@example.com",
+	} {
+		if got, err := c.Exact(in); err != nil || got.String() != want || got.Detail() != "" {
+			t.Errorf("Exact(%q) = %q detail %q, %v; want %q", in, got, got.Detail(), err, want)
+		}
+	}
+	if _, err := c.Exact("a b@outside.org"); !errors.Is(err, ErrMalformed) {
+		t.Errorf("Exact with a space: %v", err)
+	}
+}
+
 func TestCanonNoDefaultDomain(t *testing.T) {
 	c := mustCanon(t, "", "")
 	if _, err := c.Address("alice"); !errors.Is(err, ErrMalformed) {
@@ -107,7 +137,7 @@ func TestCanonNoDefaultDomain(t *testing.T) {
 }
 
 func TestNewCanonRejects(t *testing.T) {
-	for _, tt := range []struct{ def, sep string }{{"bad domain", "+"}, {"example.com", "@"}, {"example.com", "."}, {"example.com", " "}} {
+	for _, tt := range []struct{ def, sep string }{{"bad domain", "+"}, {"example.com", "@"}, {"example.com", "-"}, {"example.com", "+-"}} {
 		if _, err := NewCanon(tt.def, tt.sep); err == nil {
 			t.Errorf("NewCanon(%q, %q) = nil error", tt.def, tt.sep)
 		}
@@ -123,11 +153,12 @@ func FuzzCanon(f *testing.F) {
 		f.Add(s, "")
 		f.Add(s, "other.org")
 	}
-	c := mustCanon(f, "example.com", "+-")
+	c := mustCanon(f, "example.com", "+")
 	f.Fuzz(func(t *testing.T, s, realm string) {
 		for _, a := range []func() (Address, error){
 			func() (Address, error) { return c.Address(s) },
 			func() (Address, error) { return c.Login(s, realm) },
+			func() (Address, error) { return c.Exact(s) },
 		} {
 			got, err := a()
 			if err != nil {
@@ -137,15 +168,19 @@ func FuzzCanon(f *testing.F) {
 				continue
 			}
 			out := got.String()
+			user, _, _ := strings.Cut(got.Local(), "+")
 			if len(out) > MaxAddress || len(got.Local()) > MaxLocal || got.Domain() == "" {
 				t.Fatalf("%q: out of bounds: %q", s, out)
 			}
 			for i := 0; i < len(out); i++ {
-				if b := out[i]; b <= ' ' || b == 0x7f || b >= 'A' && b <= 'Z' || strings.IndexByte("\"(),:;<>[\\]", b) >= 0 {
+				if b := out[i]; b <= ' ' || b == 0x7f || strings.IndexByte("\"(),:;<>[\\]", b) >= 0 {
 					t.Fatalf("%q: canonical form %q holds byte %q", s, out, b)
 				}
 			}
-			again, err := c.Login(out, "")
+			if strings.ToLower(user) != user && isASCII(user) {
+				t.Fatalf("%q: user part %q not lower-case", s, user)
+			}
+			again, err := c.Exact(out)
 			if err != nil || again != got.withoutDetail() {
 				t.Fatalf("%q: canonical %q is not a fixed point: %q, %v", s, out, again, err)
 			}

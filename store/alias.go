@@ -25,7 +25,10 @@ type Alias struct {
 // already has are kept once, in their first position.
 func (s *Store) AddAlias(ctx context.Context, a Address, targets []Address) (Alias, error) {
 	if len(targets) == 0 {
-		return Alias{}, fmt.Errorf("add alias %s: no targets: %w", a, ErrMalformed)
+		return Alias{}, malformed("add alias %s: no targets", a)
+	}
+	if err := checkReserved(a); err != nil {
+		return Alias{}, fmt.Errorf("add alias: %w", err)
 	}
 	addr := a.String()
 	err := s.write(ctx, func(tx *sql.Tx) error {
@@ -59,10 +62,10 @@ func (s *Store) AddAlias(ctx context.Context, a Address, targets []Address) (Ali
 		}
 		for _, t := range targets {
 			if t.String() == addr {
-				return fmt.Errorf("alias %s cannot point to itself: %w", addr, ErrMalformed)
+				return malformed("alias %s cannot point to itself", addr)
 			}
 			if n >= MaxAliasTargets {
-				return fmt.Errorf("alias %s: more than %d targets: %w", addr, MaxAliasTargets, ErrMalformed)
+				return malformed("alias %s: more than %d targets", addr, MaxAliasTargets)
 			}
 			pos++
 			res, err := tx.ExecContext(ctx, "INSERT OR IGNORE INTO alias_targets (alias_id, pos, target) VALUES (?, ?, ?)", id, pos, t.String())

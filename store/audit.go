@@ -80,14 +80,18 @@ func (s *Store) PruneAudit(ctx context.Context, before time.Time, maxRows int) (
 			break
 		}
 	}
-	if maxRows > 0 {
-		res, err := s.w.ExecContext(ctx, `DELETE FROM login_audit WHERE id <= (
-			SELECT id FROM login_audit ORDER BY id DESC LIMIT 1 OFFSET ?)`, maxRows)
+	for maxRows > 0 {
+		res, err := s.w.ExecContext(ctx, `DELETE FROM login_audit WHERE id IN (
+			SELECT id FROM login_audit WHERE id <= (SELECT id FROM login_audit ORDER BY id DESC LIMIT 1 OFFSET ?)
+			ORDER BY id LIMIT 1000)`, maxRows)
 		if err != nil {
 			return total, fmt.Errorf("prune audit: %w", err)
 		}
 		n, _ := res.RowsAffected()
 		total += n
+		if n < 1000 {
+			break
+		}
 	}
 	return total, nil
 }

@@ -67,6 +67,29 @@ func (s *Store) SetCatchAll(ctx context.Context, domain string, target Address) 
 	return nil
 }
 
+// MoveDomain gives a domain, with its users and aliases, to another
+// organisation.
+func (s *Store) MoveDomain(ctx context.Context, domain, org string) error {
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		var orgID int64
+		err := tx.QueryRowContext(ctx, "SELECT id FROM organisations WHERE name = ?", org).Scan(&orgID)
+		if errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("organisation %q: %w", org, ErrNotFound)
+		} else if err != nil {
+			return err
+		}
+		res, err := tx.ExecContext(ctx, "UPDATE domains SET org_id = ? WHERE name = ?", orgID, domain)
+		if err != nil {
+			return err
+		}
+		return mustAffect(res, fmt.Errorf("domain %s: %w", domain, ErrNotFound))
+	})
+	if err != nil {
+		return fmt.Errorf("move domain: %w", err)
+	}
+	return nil
+}
+
 // DeleteDomain stops hosting a domain that has no users or aliases left.
 func (s *Store) DeleteDomain(ctx context.Context, name string) error {
 	err := s.write(ctx, func(tx *sql.Tx) error {

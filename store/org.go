@@ -27,17 +27,17 @@ type Org struct {
 // MaxNameLen bytes of printable UTF-8, no leading or trailing space.
 func CheckName(name string) error {
 	if name == "" || len(name) > MaxNameLen {
-		return fmt.Errorf("name must be 1 to %d bytes: %w", MaxNameLen, ErrMalformed)
+		return malformed("name must be 1 to %d bytes", MaxNameLen)
 	}
 	if !utf8.ValidString(name) {
-		return fmt.Errorf("name: invalid UTF-8: %w", ErrMalformed)
+		return malformed("name: invalid UTF-8")
 	}
 	if strings.TrimSpace(name) != name {
-		return fmt.Errorf("name %q has leading or trailing space: %w", name, ErrMalformed)
+		return malformed("name %q has leading or trailing space", name)
 	}
 	for _, r := range name {
 		if !unicode.IsPrint(r) {
-			return fmt.Errorf("name %q has a non-printable character: %w", name, ErrMalformed)
+			return malformed("name %q has a non-printable character", name)
 		}
 	}
 	return nil

@@ -50,8 +50,9 @@ type Options struct {
 // Store is an open store. Its methods are safe for concurrent use.
 type Store struct {
 	path string
-	r    *sql.DB // read-only pool
-	w    *sql.DB // one writer connection
+	file os.FileInfo // the database file as opened, see CheckFile
+	r    *sql.DB     // read-only pool
+	w    *sql.DB     // one writer connection
 
 	// The watcher: one connection of its own, because PRAGMA data_version
 	// only changes for commits made by other connections.
@@ -81,10 +82,27 @@ func Open(ctx context.Context, path string, opt Options) (*Store, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
+	// The store holds password hashes: create it private to the owner and
+	// group (SQLite gives -wal and -shm the same mode).
+	if f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o640); err == nil {
+		f.Close()
+	} else if !errors.Is(err, fs.ErrExist) {
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
+	// SQLite follows a symlink and keeps -wal/-shm beside the real file;
+	// the change detection must look there too.
+	real, err := filepath.EvalSymlinks(path)
+	if err != nil {
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
+	path = real
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
 	base := "file:" + path + "?_pragma=busy_timeout(" + strconv.FormatInt(opt.BusyTimeout.Milliseconds(), 10) + ")" +
 		"&_pragma=foreign_keys(1)"
-	s := &Store{path: path}
-	var err error
+	s := &Store{path: path, file: fi}
 	// The writer creates the file and switches it to WAL (a persistent
 	// setting) before any reader opens it.
 	if s.w, err = sql.Open("sqlite", base+"&_pragma=journal_mode(WAL)&_txlock=immediate"); err != nil {
@@ -175,6 +193,21 @@ func (s *Store) Generation(ctx context.Context) (int64, error) {
 		s.lastHdr = hdr
 	}
 	return s.gen, nil
+}
+
+// CheckFile reports an error when the database file at the store's path is
+// no longer the one this process opened (deleted, or replaced by a restore):
+// the open connections would go on using the old inode while new ones use
+// the new file. serve stops on it and systemd restarts it.
+func (s *Store) CheckFile() error {
+	fi, err := os.Stat(s.path)
+	if err != nil {
+		return fmt.Errorf("store file %s: %w", s.path, err)
+	}
+	if !os.SameFile(fi, s.file) {
+		return fmt.Errorf("store file %s was replaced while open; restart to use the new one", s.path)
+	}
+	return nil
 }
 
 // Ping checks that the store answers a read.

@@ -18,7 +18,7 @@ type User struct {
 	Address      string    `json:"address"`
 	Domain       string    `json:"domain"`
 	Org          string    `json:"organisation"`
-	PasswordHash string    `json:"-"` // never printed
+	PasswordHash Secret    `json:"-"` // never printed
 	HasPassword  bool      `json:"has_password"`
 	Disabled     bool      `json:"disabled"`
 	Services     []string  `json:"services"` // ["*"] = all
@@ -36,7 +36,7 @@ func (u User) Allows(service string) bool {
 // NewUser is what AddUser needs.
 type NewUser struct {
 	Address      Address
-	PasswordHash string   // "" = no password login (tokens or app passwords only)
+	PasswordHash Secret   // "" = no password login (tokens or app passwords only)
 	Services     []string // nil = all
 	DisplayName  string
 }
@@ -51,7 +51,7 @@ func ParseServices(s string) ([]string, error) {
 	for f := range strings.SplitSeq(s, ",") {
 		f = strings.ToLower(strings.TrimSpace(f))
 		if f == "" || len(f) > 32 || strings.Trim(f, "abcdefghijklmnopqrstuvwxyz0123456789-_") != "" {
-			return nil, fmt.Errorf("service %q: use names like imap, pop, sieve, http, smtp: %w", f, ErrMalformed)
+			return nil, malformed("service %q: use names like imap, pop, sieve, http, smtp", f)
 		}
 		if !slices.Contains(out, f) {
 			out = append(out, f)
@@ -65,7 +65,10 @@ func ParseServices(s string) ([]string, error) {
 // is a conflict: RCPT and login lookups must have one answer.
 func (s *Store) AddUser(ctx context.Context, nu NewUser) (User, error) {
 	if nu.Address.IsZero() {
-		return User{}, fmt.Errorf("add user: empty address: %w", ErrMalformed)
+		return User{}, malformed("add user: empty address")
+	}
+	if err := checkReserved(nu.Address); err != nil {
+		return User{}, fmt.Errorf("add user: %w", err)
 	}
 	if nu.Services == nil {
 		nu.Services = []string{AllServices}
@@ -86,7 +89,7 @@ func (s *Store) AddUser(ctx context.Context, nu NewUser) (User, error) {
 			return err
 		}
 		_, err = tx.ExecContext(ctx, `INSERT INTO users (address, domain_id, password_hash, services, display_name, created, updated)
-			VALUES (?, ?, ?, ?, ?, ?, ?)`, addr, did, nu.PasswordHash, strings.Join(nu.Services, ","), nu.DisplayName, t, t)
+			VALUES (?, ?, ?, ?, ?, ?, ?)`, addr, did, string(nu.PasswordHash), strings.Join(nu.Services, ","), nu.DisplayName, t, t)
 		if isUnique(err) {
 			return fmt.Errorf("user %s: %w", addr, ErrExists)
 		}
@@ -147,13 +150,13 @@ func (s *Store) queryUsers(ctx context.Context, q string, args ...any) ([]User, 
 	var out []User
 	for rows.Next() {
 		var u User
-		var services string
+		var services, hash string
 		var created, updated int64
-		if err := rows.Scan(&u.ID, &u.Address, &u.Domain, &u.Org, &u.PasswordHash, &u.Disabled, &services,
+		if err := rows.Scan(&u.ID, &u.Address, &u.Domain, &u.Org, &hash, &u.Disabled, &services,
 			&u.DisplayName, &created, &updated); err != nil {
 			return nil, err
 		}
-		u.HasPassword = u.PasswordHash != ""
+		u.PasswordHash, u.HasPassword = Secret(hash), hash != ""
 		u.Services = strings.Split(services, ",")
 		u.Created, u.Updated = fromUnix(created), fromUnix(updated)
 		out = append(out, u)
@@ -162,8 +165,8 @@ func (s *Store) queryUsers(ctx context.Context, q string, args ...any) ([]User, 
 }
 
 // SetPassword replaces a user's password hash ("" removes password login).
-func (s *Store) SetPassword(ctx context.Context, a Address, hash string) error {
-	return s.updateUser(ctx, "set password", a, "password_hash = ?", hash)
+func (s *Store) SetPassword(ctx context.Context, a Address, hash Secret) error {
+	return s.updateUser(ctx, "set password", a, "password_hash = ?", string(hash))
 }
 
 // SetDisabled disables or re-enables a user's logins and deliveries.
@@ -232,4 +235,15 @@ func (s *Store) SetDisplayName(ctx context.Context, a Address, name string) erro
 		}
 	}
 	return s.updateUser(ctx, "set display name", a, "display_name = ?", name)
+}
+
+// checkReserved refuses the user names Cyrus gives a meaning of its own
+// (canonify_userid maps them to its anonymous and anyone identities), so
+// that no account of ours can ever be one of them.
+func checkReserved(a Address) error {
+	switch a.Local() {
+	case "anyone", "anybody", "anonymous":
+		return malformed("%q is reserved by Cyrus", a.Local())
+	}
+	return nil
 }
