@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"strings"
 	"log/slog"
 	"os"
 )
@@ -35,5 +36,13 @@ func cmdCheckConfig(args []string, std stdio, getenv func(string) string) error 
 		{"cyrus.default_domain", dash(cfg.Cyrus.DefaultDomain)},
 		{"cyrus.lmtp", string(cfg.Cyrus.LMTP)},
 		{"log", fmt.Sprintf("%s, %s", cfg.Log.Format, slog.Level(cfg.Log.Level))},
+		{"socketmap", onOff(cfg.Socketmap.Enabled, strings.Join(cfg.Socketmap.Listen, " "))},
 	})
+}
+
+func onOff(enabled bool, where string) string {
+	if !enabled {
+		return "disabled"
+	}
+	return where
 }

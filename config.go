@@ -5,15 +5,15 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/BurntSushi/toml"
 
+	"cyrus-sidecar/services/listen"
+	"cyrus-sidecar/services/socketmap"
 	"cyrus-sidecar/store"
 	"cyrus-sidecar/store/password"
 )
@@ -31,6 +31,8 @@ type Config struct {
 	Log      LogConfig      `toml:"log"`
 	Serve    ServeConfig    `toml:"serve"`
 	Audit    AuditConfig    `toml:"audit"`
+
+	Socketmap socketmap.Config `toml:"socketmap"`
 
 	// Where defaults put state and sockets: systemd's StateDirectory and
 	// RuntimeDirectory, else ./var and ./var/run. Not keys: the environment.
@@ -111,28 +113,8 @@ func (a Addr) Network() (network, address string) {
 }
 
 // check explains what is wrong with a, or returns "".
-func (a Addr) check() string {
-	if a == "" {
-		return "must be set: \"unix:/absolute/path\" or \"host:port\""
-	}
-	if p, ok := strings.CutPrefix(string(a), "unix:"); ok {
-		if !filepath.IsAbs(p) {
-			return fmt.Sprintf("UNIX socket path must be absolute, got %q", p)
-		}
-		if len(p) > 107 {
-			return fmt.Sprintf("UNIX socket path is %d bytes, the limit is 107", len(p))
-		}
-		return ""
-	}
-	host, port, err := net.SplitHostPort(string(a))
-	if err != nil || host == "" {
-		return fmt.Sprintf("must be \"unix:/absolute/path\" or \"host:port\", got %q", string(a))
-	}
-	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
-		return fmt.Sprintf("port must be 1 to 65535, got %q", port)
-	}
-	return ""
-}
+func (a Addr) check() string { return listen.Check(string(a)) }
+
 
 // defaultConfig is the configuration without a file. getenv is os.Getenv in
 // production; cwd anchors ./var.
@@ -166,6 +148,8 @@ func defaultConfig(getenv func(string) string, cwd string) *Config {
 		Log:      LogConfig{Level: LogLevel(slog.LevelInfo), Format: "json"},
 		Serve:    ServeConfig{ShutdownGrace: 10 * time.Second},
 		Audit:    AuditConfig{Retention: 90 * 24 * time.Hour, MaxRows: 1_000_000, PruneInterval: time.Hour},
+
+		Socketmap: socketmap.DefaultConfig(runtime),
 	}
 }
 
@@ -298,6 +282,19 @@ func (c *Config) validate() []fieldError {
 	}
 	if c.Audit.PruneInterval < time.Minute {
 		bad("audit.prune_interval", "must be at least 1m, got %s", c.Audit.PruneInterval)
+	}
+	// Each service validates its own section, keys relative to it.
+	for _, sec := range []struct {
+		name string
+		err  error
+	}{{"socketmap", c.Socketmap.Validate()}} {
+		if sec.err == nil {
+			continue
+		}
+		for _, e := range unjoin(sec.err) {
+			key, msg, _ := strings.Cut(e.Error(), ": ")
+			bad(sec.name+"."+key, "%s", msg)
+		}
 	}
 	return errs
 }

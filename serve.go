@@ -14,6 +14,7 @@ import (
 	"github.com/oklog/run"
 	"golang.org/x/sys/unix"
 
+	"cyrus-sidecar/services/socketmap"
 	"cyrus-sidecar/store"
 )
 
@@ -87,10 +88,18 @@ func serve(cfg *Config, path string, log *slog.Logger, level *slog.LevelVar, sd 
 
 	var current atomic.Pointer[Config]
 	current.Store(cfg)
+	canon, err := cfg.Canon()
+	if err != nil {
+		return err
+	}
 	services := []named{
 		{"audit", newHousekeeper(cfg, st, log.With("service", "audit"))},
-		// The saslauthd, lmtp, socketmap and vacation services join here,
-		// in this order, as their issues land.
+		// The saslauthd, lmtp and vacation services join here as their
+		// issues land.
+	}
+	if cfg.Socketmap.Enabled {
+		services = append(services, named{"socketmap", &socketmapService{
+			socketmap.New(cfg.Socketmap, st, canon, log.With("service", "socketmap")), &current}})
 	}
 
 	var g run.Group
@@ -155,6 +164,18 @@ func serve(cfg *Config, path string, log *slog.Logger, level *slog.LevelVar, sd 
 	}
 	return err
 }
+
+// socketmapService adapts the socketmap responder to serve's service.
+type socketmapService struct {
+	*socketmap.Service
+	cfg *atomic.Pointer[Config]
+}
+
+func (s *socketmapService) Run(ctx context.Context) error {
+	return s.Service.Run(ctx, s.cfg.Load().Serve.ShutdownGrace)
+}
+
+func (s *socketmapService) Reload(cfg *Config) { s.Service.Reload(cfg.Socketmap) }
 
 // stopOnSignal is run.SignalHandler with the handler installed at once, not
 // when the group starts: READY=1 goes out before g.Run, and a SIGTERM that

@@ -1,0 +1,155 @@
+package socketmap
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+
+	"cyrus-sidecar/store"
+)
+
+// Statuses of the socketmap protocol (Sendmail's socket map; Postfix
+// socketmap_table(5)). Postfix turns PERM into a configuration error of its
+// own, so PERM is only for requests that can never work (unknown map, bad
+// framing); our trouble is TEMP, never NOTFOUND.
+const (
+	statusOK       = "OK"
+	statusNotFound = "NOTFOUND"
+	statusTemp     = "TEMP"
+	statusPerm     = "PERM"
+)
+
+// answer computes the reply to one request. It never fails: every outcome
+// is a status.
+func (s *Service) answer(ctx context.Context, cfg *Config, mapName, key string) (status, data string) {
+	var kind string
+	switch {
+	case mapName == "":
+		return statusPerm, "missing map name"
+	case mapName == cfg.Maps.Mailbox:
+		kind = "mailbox"
+	case mapName == cfg.Maps.Domain:
+		kind = "domain"
+	case mapName == cfg.Maps.Alias:
+		kind = "alias"
+	case mapName == cfg.Maps.SenderLogin:
+		kind = "sender_login"
+	default:
+		return statusPerm, "unknown map"
+	}
+	// postsrsd#141: the null sender arrives as an empty key; it names
+	// nothing, and asking the store would only cost time.
+	if key == "" {
+		return statusNotFound, ""
+	}
+	gen, err := s.st.Generation(ctx)
+	if err != nil {
+		s.log.Warn("store unavailable", "err", err)
+		return statusTemp, "store unavailable"
+	}
+	ck := kind + " " + key
+	if st, d, ok := s.cache.get(gen, ck); ok {
+		return st, d
+	}
+	status, data, err = s.lookup(ctx, kind, key)
+	if err != nil {
+		s.log.Warn("lookup failed", "map", kind, "err", err)
+		return statusTemp, "store unavailable"
+	}
+	if len(data) > MaxReply-len(status)-1 {
+		s.log.Warn("reply over the socketmap limit", "map", kind, "bytes", len(data))
+		return statusTemp, "reply too long"
+	}
+	s.cache.put(gen, cfg.CacheEntries, ck, status, data)
+	return status, data
+}
+
+// lookup answers from the store; err is only the store's own trouble.
+func (s *Service) lookup(ctx context.Context, kind, key string) (status, data string, err error) {
+	if kind == "domain" {
+		name, err := s.canon.Domain(key)
+		if err != nil {
+			return statusNotFound, "malformed domain", nil
+		}
+		d, err := s.st.Domain(ctx, name)
+		if errors.Is(err, store.ErrNotFound) {
+			return statusNotFound, "domain not hosted", nil
+		} else if err != nil {
+			return "", "", err
+		}
+		return statusOK, d.Org, nil
+	}
+	a, err := s.canon.Address(key)
+	if err != nil {
+		return statusNotFound, "malformed address", nil
+	}
+	r, err := s.st.Resolve(ctx, s.canon, a)
+	if err != nil {
+		return "", "", err
+	}
+	if !r.Hosted {
+		return statusNotFound, "domain not hosted", nil
+	}
+	switch kind {
+	case "mailbox":
+		// smmapd's answer: the key itself, as sent, when mail is accepted.
+		switch {
+		case r.Deliverable():
+			return statusOK, key, nil
+		case r.Kind == store.KindUser:
+			return statusNotFound, "mailbox disabled", nil
+		}
+		return statusNotFound, "no such mailbox", nil
+	case "alias":
+		// For Postfix virtual_alias_maps, which sends whole keys only: the
+		// +detail and the catch-all are ours to apply. A user's own
+		// address is not an alias (Postfix then delivers it as is).
+		if r.Kind == store.KindAlias || r.Kind == store.KindCatchAll {
+			return statusOK, strings.Join(r.Targets, ","), nil
+		}
+		return statusNotFound, "no alias", nil
+	case "sender_login":
+		// For smtpd_sender_login_maps: who may send as this address. A
+		// catch-all gives nobody the right to send as every address.
+		if (r.Kind == store.KindUser || r.Kind == store.KindAlias) && len(r.Users) > 0 {
+			return statusOK, strings.Join(r.Users, ","), nil
+		}
+		return statusNotFound, "no login may send as this address", nil
+	}
+	return statusPerm, "unknown map", nil
+}
+
+// cache keeps answers for one store generation: any committed change, from
+// any process, empties it before the next lookup (Store.Generation), so it
+// never serves a stale answer.
+type cache struct {
+	mu      sync.RWMutex
+	gen     int64
+	entries map[string]entry
+}
+
+type entry struct{ status, data string }
+
+func (c *cache) get(gen int64, key string) (status, data string, ok bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.gen != gen {
+		return "", "", false
+	}
+	e, ok := c.entries[key]
+	return e.status, e.data, ok
+}
+
+func (c *cache) put(gen int64, max int, key, status, data string) {
+	if max <= 0 {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.gen != gen || len(c.entries) >= max {
+		// A new generation, or full: start over rather than track ages.
+		c.gen, c.entries = gen, make(map[string]entry)
+	}
+	c.entries[key] = entry{status, data}
+}

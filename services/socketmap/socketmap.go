@@ -1,0 +1,287 @@
+// Package socketmap answers Sendmail/Postfix socketmap lookups (netstrings,
+// "<len>:<map> <key>," answered "<len>:<STATUS> <data>,") from the store, for
+// persistent and pipelined clients (Postfix, sendmail) and for the
+// write-then-half-close style of Exim's ${readsocket}, on the same listener.
+package socketmap
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"cyrus-sidecar/services/listen"
+	"cyrus-sidecar/store"
+)
+
+// Config is the [socketmap] section.
+type Config struct {
+	Enabled      bool          `toml:"enabled"`
+	Listen       []string      `toml:"listen"`
+	SocketMode   string        `toml:"socket_mode"`
+	SocketGroup  string        `toml:"socket_group"`
+	MaxConns     int           `toml:"max_connections"`
+	IdleTimeout  time.Duration `toml:"idle_timeout"`
+	ReadTimeout  time.Duration `toml:"read_timeout"`
+	WriteTimeout time.Duration `toml:"write_timeout"`
+	CacheEntries int           `toml:"cache_entries"`
+	Maps         MapNames      `toml:"maps"`
+}
+
+// MapNames are the names clients use for each map (the part of the request
+// before the space). "" turns a map off.
+type MapNames struct {
+	Mailbox     string `toml:"mailbox"`
+	Domain      string `toml:"domain"`
+	Alias       string `toml:"alias"`
+	SenderLogin string `toml:"sender_login"`
+}
+
+// DefaultConfig listens on socketmap.sock in runtimeDir.
+func DefaultConfig(runtimeDir string) Config {
+	return Config{
+		Enabled:      true,
+		Listen:       []string{"unix:" + runtimeDir + "/socketmap.sock"},
+		SocketMode:   "0666",
+		MaxConns:     512,
+		IdleTimeout:  5 * time.Minute, // Postfix closes idle ones after 10 s itself
+		ReadTimeout:  10 * time.Second,
+		WriteTimeout: 10 * time.Second,
+		CacheEntries: 100_000,
+		Maps:         MapNames{Mailbox: "mailbox", Domain: "domain", Alias: "alias", SenderLogin: "sender_login"},
+	}
+}
+
+// Validate returns every problem, each as "key: message" relative to the
+// section, joined.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, args...)))
+	}
+	if c.Enabled && len(c.Listen) == 0 {
+		bad("listen", "must name at least one address when enabled")
+	}
+	for _, a := range c.Listen {
+		if msg := listen.Check(a); msg != "" {
+			bad("listen", "%s", msg)
+		}
+	}
+	if _, err := listen.Mode(c.SocketMode); err != nil {
+		bad("socket_mode", "%v", err)
+	}
+	if c.MaxConns < 1 || c.MaxConns > 100_000 {
+		bad("max_connections", "must be between 1 and 100000, got %d", c.MaxConns)
+	}
+	for _, d := range []struct {
+		key string
+		v   time.Duration
+	}{{"idle_timeout", c.IdleTimeout}, {"read_timeout", c.ReadTimeout}, {"write_timeout", c.WriteTimeout}} {
+		if d.v < 100*time.Millisecond || d.v > time.Hour {
+			bad(d.key, "must be between 100ms and 1h, got %s", d.v)
+		}
+	}
+	if c.CacheEntries < 0 {
+		bad("cache_entries", "must be 0 (no cache) or more, got %d", c.CacheEntries)
+	}
+	seen := map[string]string{}
+	for _, m := range []struct{ key, name string }{{"maps.mailbox", c.Maps.Mailbox}, {"maps.domain", c.Maps.Domain},
+		{"maps.alias", c.Maps.Alias}, {"maps.sender_login", c.Maps.SenderLogin}} {
+		if m.name == "" {
+			continue
+		}
+		if strings.ContainsAny(m.name, " ,:") || len(m.name) > 64 {
+			bad(m.key, "must be a word without spaces, ',' or ':', got %q", m.name)
+		}
+		if other, dup := seen[m.name]; dup {
+			bad(m.key, "%q is already the name of %s", m.name, other)
+		}
+		seen[m.name] = m.key
+	}
+	return errors.Join(errs...)
+}
+
+// Store is the part of the store the responder reads.
+type Store interface {
+	Generation(ctx context.Context) (int64, error)
+	Resolve(ctx context.Context, c store.Canon, a store.Address) (store.Resolution, error)
+	Domain(ctx context.Context, name string) (store.Domain, error)
+}
+
+// Service is the socketmap responder.
+type Service struct {
+	cfg   atomic.Pointer[Config]
+	st    Store
+	canon store.Canon
+	log   *slog.Logger
+	lns   []net.Listener
+	slots chan struct{} // one per open connection
+	cache cache
+}
+
+// New makes the responder; Listen binds it.
+func New(cfg Config, st Store, canon store.Canon, log *slog.Logger) *Service {
+	s := &Service{st: st, canon: canon, log: log, slots: make(chan struct{}, cfg.MaxConns)}
+	s.cfg.Store(&cfg)
+	return s
+}
+
+// Listen binds every configured address.
+func (s *Service) Listen() error {
+	cfg := s.cfg.Load()
+	mode, err := listen.Mode(cfg.SocketMode)
+	if err != nil {
+		return err
+	}
+	for _, a := range cfg.Listen {
+		ln, err := listen.Listen(a, listen.Options{Mode: mode, Group: cfg.SocketGroup})
+		if err != nil {
+			for _, l := range s.lns {
+				l.Close()
+			}
+			return err
+		}
+		s.lns = append(s.lns, ln)
+		s.log.Info("listening", "addr", a)
+	}
+	return nil
+}
+
+// Reload takes new limits, timeouts and map names; listen addresses and the
+// connection limit need a restart.
+func (s *Service) Reload(cfg Config) {
+	old := s.cfg.Load()
+	if strings.Join(old.Listen, " ") != strings.Join(cfg.Listen, " ") || old.MaxConns != cfg.MaxConns ||
+		old.SocketMode != cfg.SocketMode || old.SocketGroup != cfg.SocketGroup {
+		s.log.Warn("restart required for socketmap listen addresses, socket mode/group and max_connections")
+		cfg.Listen, cfg.MaxConns, cfg.SocketMode, cfg.SocketGroup = old.Listen, old.MaxConns, old.SocketMode, old.SocketGroup
+	}
+	s.cfg.Store(&cfg)
+}
+
+// Run serves until ctx is cancelled, then lets connections finish the
+// request they are in within grace and closes the rest.
+func (s *Service) Run(ctx context.Context, grace time.Duration) error {
+	stop := context.AfterFunc(ctx, func() {
+		for _, ln := range s.lns {
+			ln.Close()
+		}
+	})
+	defer stop()
+	var conns sync.WaitGroup
+	errc := make(chan error, len(s.lns))
+	var accepting sync.WaitGroup
+	for _, ln := range s.lns {
+		accepting.Go(func() {
+			if err := s.accept(ctx, ln, &conns); err != nil {
+				errc <- err
+			}
+		})
+	}
+	accepting.Wait()
+	close(errc)
+	err := <-errc // nil when ctx ended every loop
+	done := make(chan struct{})
+	go func() { conns.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(grace):
+		s.log.Warn("shutdown grace over with connections still open")
+	}
+	return err
+}
+
+func (s *Service) accept(ctx context.Context, ln net.Listener, conns *sync.WaitGroup) error {
+	for {
+		c, err := ln.Accept()
+		if ctx.Err() != nil {
+			if c != nil {
+				c.Close()
+			}
+			return nil
+		}
+		if err != nil {
+			if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				continue
+			}
+			return fmt.Errorf("accept: %w", err)
+		}
+		select {
+		case s.slots <- struct{}{}:
+		default:
+			// Over the limit: a well-formed "try later" at once, never a
+			// hang (the client reads one reply to its one request).
+			s.log.Warn("connection limit reached", "max_connections", cap(s.slots))
+			c.SetWriteDeadline(time.Now().Add(time.Second))
+			c.Write(appendNetstring(nil, "TEMP too many connections"))
+			c.Close()
+			continue
+		}
+		conns.Go(func() {
+			defer func() { <-s.slots }()
+			s.serveConn(ctx, c)
+		})
+	}
+}
+
+// serveConn answers requests in order until EOF, an idle timeout, a
+// framing error or shutdown. Replies are flushed when no further request is
+// already buffered, so a pipelined batch gets one write.
+func (s *Service) serveConn(ctx context.Context, c net.Conn) {
+	defer c.Close()
+	defer func() {
+		if p := recover(); p != nil {
+			s.log.Error("panic serving a connection", "panic", p)
+		}
+	}()
+	// Shutdown wakes a connection that waits for its next request.
+	stop := context.AfterFunc(ctx, func() { c.SetReadDeadline(time.Now()) })
+	defer stop()
+	br := bufio.NewReader(c)
+	bw := bufio.NewWriter(c)
+	var out []byte
+	for {
+		cfg := s.cfg.Load()
+		if ctx.Err() != nil {
+			return
+		}
+		c.SetReadDeadline(time.Now().Add(cfg.IdleTimeout))
+		if _, err := br.Peek(1); err != nil {
+			return // EOF, idle timeout or shutdown: nothing half-read
+		}
+		c.SetReadDeadline(time.Now().Add(cfg.ReadTimeout))
+		req, err := readNetstring(br, MaxRequest)
+		if err != nil {
+			if errors.Is(err, errSyntax) || errors.Is(err, errTooLarge) {
+				// Out of step: answer once, then close (as smmapd and
+				// postsrsd do), never guess where the next request starts.
+				s.log.Warn("bad request framing", "err", err, "remote", c.RemoteAddr().String())
+				c.SetWriteDeadline(time.Now().Add(cfg.WriteTimeout))
+				bw.Write(appendNetstring(out[:0], "PERM bad netstring framing"))
+				bw.Flush()
+			} else if !errors.Is(err, io.EOF) && !errors.Is(err, os.ErrDeadlineExceeded) {
+				s.log.Debug("read request", "err", err)
+			}
+			return
+		}
+		mapName, key, _ := strings.Cut(string(req), " ")
+		status, data := s.answer(ctx, cfg, mapName, key)
+		out = appendNetstring(out[:0], status, " ", data)
+		bw.Write(out)
+		if br.Buffered() == 0 {
+			c.SetWriteDeadline(time.Now().Add(cfg.WriteTimeout))
+			if err := bw.Flush(); err != nil {
+				s.log.Debug("write reply", "err", err)
+				return
+			}
+		}
+	}
+}
