@@ -2,9 +2,9 @@ package main
 
 import (
 	"fmt"
-	"strings"
 	"log/slog"
 	"os"
+	"strings"
 )
 
 func cmdCheckConfig(args []string, std stdio, getenv func(string) string) error {

@@ -115,7 +115,6 @@ func (a Addr) Network() (network, address string) {
 // check explains what is wrong with a, or returns "".
 func (a Addr) check() string { return listen.Check(string(a)) }
 
-
 // defaultConfig is the configuration without a file. getenv is os.Getenv in
 // production; cwd anchors ./var.
 func defaultConfig(getenv func(string) string, cwd string) *Config {
