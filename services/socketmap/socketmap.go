@@ -33,6 +33,11 @@ type Config struct {
 	ReadTimeout  time.Duration `toml:"read_timeout"`
 	WriteTimeout time.Duration `toml:"write_timeout"`
 	CacheEntries int           `toml:"cache_entries"`
+	// QuotaCheck is Cyrus smmapd's address ("unix:/run/cyrus/socket/smmapd"):
+	// when set, the mailbox map asks it about users the store accepts and
+	// relays its over-quota answer (TEMP Over quota). "" = no check.
+	QuotaCheck   string        `toml:"quota_check"`
+	QuotaTimeout time.Duration `toml:"quota_timeout"`
 	Maps         MapNames      `toml:"maps"`
 }
 
@@ -56,6 +61,7 @@ func DefaultConfig(runtimeDir string) Config {
 		ReadTimeout:  10 * time.Second,
 		WriteTimeout: 10 * time.Second,
 		CacheEntries: 100_000,
+		QuotaTimeout: 2 * time.Second,
 		Maps:         MapNames{Mailbox: "mailbox", Domain: "domain", Alias: "alias", SenderLogin: "sender_login"},
 	}
 }
@@ -88,6 +94,14 @@ func (c Config) Validate() error {
 		if d.v < 100*time.Millisecond || d.v > time.Hour {
 			bad(d.key, "must be between 100ms and 1h, got %s", d.v)
 		}
+	}
+	if c.QuotaCheck != "" {
+		if msg := listen.Check(c.QuotaCheck); msg != "" {
+			bad("quota_check", "%s", msg)
+		}
+	}
+	if c.QuotaTimeout < 100*time.Millisecond || c.QuotaTimeout > time.Minute {
+		bad("quota_timeout", "must be between 100ms and 1m, got %s", c.QuotaTimeout)
 	}
 	if c.CacheEntries < 0 {
 		bad("cache_entries", "must be 0 (no cache) or more, got %d", c.CacheEntries)
