@@ -49,75 +49,97 @@ func (s *Service) answer(ctx context.Context, cfg *Config, mapName, key string) 
 		return statusTemp, "store unavailable"
 	}
 	ck := kind + " " + key
-	if st, d, ok := s.cache.get(gen, ck); ok {
-		return st, d
+	e, ok := s.cache.get(gen, ck)
+	if !ok {
+		e, err = s.lookup(ctx, kind, key)
+		if err != nil {
+			s.log.Warn("lookup failed", "map", kind, "err", err)
+			return statusTemp, "store unavailable"
+		}
+		if len(e.data) > MaxReply-len(e.status)-1 {
+			s.log.Warn("reply over the socketmap limit", "map", kind, "bytes", len(e.data))
+			return statusTemp, "reply too long"
+		}
+		s.cache.put(gen, cfg.CacheEntries, ck, e)
 	}
-	status, data, err = s.lookup(ctx, kind, key)
-	if err != nil {
-		s.log.Warn("lookup failed", "map", kind, "err", err)
-		return statusTemp, "store unavailable"
+	// Quota changes with every delivery, not with the store: asked each
+	// time, never cached. Only Cyrus's over-quota verdicts are relayed;
+	// whether the user exists is the store's call.
+	if q := s.quota.Load(); q != nil && e.user != "" {
+		qs, qd, err := q.check(ctx, e.user)
+		switch {
+		case err != nil:
+			s.log.Warn("quota check failed", "err", err)
+			return statusTemp, "quota check unavailable"
+		case (qs == statusTemp || qs == statusPerm) && strings.Contains(strings.ToLower(qd), "quota"):
+			return qs, qd
+		}
 	}
-	if len(data) > MaxReply-len(status)-1 {
-		s.log.Warn("reply over the socketmap limit", "map", kind, "bytes", len(data))
-		return statusTemp, "reply too long"
-	}
-	s.cache.put(gen, cfg.CacheEntries, ck, status, data)
-	return status, data
+	return e.status, e.data
 }
 
 // lookup answers from the store; err is only the store's own trouble.
-func (s *Service) lookup(ctx context.Context, kind, key string) (status, data string, err error) {
+func (s *Service) lookup(ctx context.Context, kind, key string) (entry, error) {
+	status, data, user, err := s.resolve(ctx, kind, key)
+	return entry{status, data, user}, err
+}
+
+// resolve does lookup's work; user is the mailbox owner a quota check would
+// ask about (the mailbox map's deliverable users only).
+func (s *Service) resolve(ctx context.Context, kind, key string) (status, data, user string, err error) {
 	if kind == "domain" {
 		name, err := s.canon.Domain(key)
 		if err != nil {
-			return statusNotFound, "malformed domain", nil
+			return statusNotFound, "malformed domain", "", nil
 		}
 		d, err := s.st.Domain(ctx, name)
 		if errors.Is(err, store.ErrNotFound) {
-			return statusNotFound, "domain not hosted", nil
+			return statusNotFound, "domain not hosted", "", nil
 		} else if err != nil {
-			return "", "", err
+			return "", "", "", err
 		}
-		return statusOK, d.Org, nil
+		return statusOK, d.Org, "", nil
 	}
 	a, err := s.canon.Address(key)
 	if err != nil {
-		return statusNotFound, "malformed address", nil
+		return statusNotFound, "malformed address", "", nil
 	}
 	r, err := s.st.Resolve(ctx, s.canon, a)
 	if err != nil {
-		return "", "", err
+		return "", "", "", err
 	}
 	if !r.Hosted {
-		return statusNotFound, "domain not hosted", nil
+		return statusNotFound, "domain not hosted", "", nil
 	}
 	switch kind {
 	case "mailbox":
 		// smmapd's answer: the key itself, as sent, when mail is accepted.
 		switch {
+		case r.Deliverable() && r.Kind == store.KindUser:
+			return statusOK, key, r.Address.String(), nil
 		case r.Deliverable():
-			return statusOK, key, nil
+			return statusOK, key, "", nil
 		case r.Kind == store.KindUser:
-			return statusNotFound, "mailbox disabled", nil
+			return statusNotFound, "mailbox disabled", "", nil
 		}
-		return statusNotFound, "no such mailbox", nil
+		return statusNotFound, "no such mailbox", "", nil
 	case "alias":
 		// For Postfix virtual_alias_maps, which sends whole keys only: the
 		// +detail and the catch-all are ours to apply. A user's own
 		// address is not an alias (Postfix then delivers it as is).
 		if r.Kind == store.KindAlias || r.Kind == store.KindCatchAll {
-			return statusOK, strings.Join(r.Targets, ","), nil
+			return statusOK, strings.Join(r.Targets, ","), "", nil
 		}
-		return statusNotFound, "no alias", nil
+		return statusNotFound, "no alias", "", nil
 	case "sender_login":
 		// For smtpd_sender_login_maps: who may send as this address. A
 		// catch-all gives nobody the right to send as every address.
 		if (r.Kind == store.KindUser || r.Kind == store.KindAlias) && len(r.Users) > 0 {
-			return statusOK, strings.Join(r.Users, ","), nil
+			return statusOK, strings.Join(r.Users, ","), "", nil
 		}
-		return statusNotFound, "no login may send as this address", nil
+		return statusNotFound, "no login may send as this address", "", nil
 	}
-	return statusPerm, "unknown map", nil
+	return statusPerm, "unknown map", "", nil
 }
 
 // cache keeps answers for one store generation: any committed change, from
@@ -129,19 +151,20 @@ type cache struct {
 	entries map[string]entry
 }
 
-type entry struct{ status, data string }
+// entry is one answer; user is set when a quota check applies.
+type entry struct{ status, data, user string }
 
-func (c *cache) get(gen int64, key string) (status, data string, ok bool) {
+func (c *cache) get(gen int64, key string) (entry, bool) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	if c.gen != gen {
-		return "", "", false
+		return entry{}, false
 	}
 	e, ok := c.entries[key]
-	return e.status, e.data, ok
+	return e, ok
 }
 
-func (c *cache) put(gen int64, max int, key, status, data string) {
+func (c *cache) put(gen int64, max int, key string, e entry) {
 	if max <= 0 {
 		return
 	}
@@ -151,5 +174,5 @@ func (c *cache) put(gen int64, max int, key, status, data string) {
 		// A new generation, or full: start over rather than track ages.
 		c.gen, c.entries = gen, make(map[string]entry)
 	}
-	c.entries[key] = entry{status, data}
+	c.entries[key] = e
 }

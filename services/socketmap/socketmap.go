@@ -139,12 +139,14 @@ type Service struct {
 	lns   []net.Listener
 	slots chan struct{} // one per open connection
 	cache cache
+	quota atomic.Pointer[quotaChecker] // nil: no quota check
 }
 
 // New makes the responder; Listen binds it.
 func New(cfg Config, st Store, canon store.Canon, log *slog.Logger) *Service {
 	s := &Service{st: st, canon: canon, log: log, slots: make(chan struct{}, cfg.MaxConns)}
 	s.cfg.Store(&cfg)
+	s.quota.Store(newQuotaChecker(cfg.QuotaCheck, cfg.QuotaTimeout))
 	return s
 }
 
@@ -178,6 +180,9 @@ func (s *Service) Reload(cfg Config) {
 		s.log.Warn("restart required for socketmap listen addresses, socket mode/group and max_connections")
 		cfg.Listen, cfg.MaxConns, cfg.SocketMode, cfg.SocketGroup = old.Listen, old.MaxConns, old.SocketMode, old.SocketGroup
 	}
+	if old.QuotaCheck != cfg.QuotaCheck || old.QuotaTimeout != cfg.QuotaTimeout {
+		s.quota.Swap(newQuotaChecker(cfg.QuotaCheck, cfg.QuotaTimeout)).close()
+	}
 	s.cfg.Store(&cfg)
 }
 
@@ -210,6 +215,7 @@ func (s *Service) Run(ctx context.Context, grace time.Duration) error {
 	case <-time.After(grace):
 		s.log.Warn("shutdown grace over with connections still open")
 	}
+	s.quota.Load().close()
 	return err
 }
 

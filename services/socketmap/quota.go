@@ -1,0 +1,99 @@
+package socketmap
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"strings"
+	"time"
+
+	"cyrus-sidecar/services/listen"
+)
+
+// maxIdleQuotaConns is how many connections to smmapd are kept open between
+// lookups. smmapd serves one connection per process (prefork), so a few
+// are plenty and cost Cyrus little.
+const maxIdleQuotaConns = 4
+
+// quotaChecker asks Cyrus smmapd about a mailbox, for the one thing the
+// store cannot know: whether it is over quota. smmapd keeps connections open
+// for further requests (cyrus-lab-facts.md §7), so ours are reused.
+type quotaChecker struct {
+	addr    string
+	timeout time.Duration
+	idle    chan *quotaConn
+}
+
+type quotaConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func newQuotaChecker(addr string, timeout time.Duration) *quotaChecker {
+	if addr == "" {
+		return nil
+	}
+	return &quotaChecker{addr: addr, timeout: timeout, idle: make(chan *quotaConn, maxIdleQuotaConns)}
+}
+
+// check returns smmapd's status and text for a canonical user address.
+// err means smmapd could not be asked (down, timeout, garbage).
+func (q *quotaChecker) check(ctx context.Context, address string) (status, data string, err error) {
+	c, err := q.conn(ctx)
+	if err != nil {
+		return "", "", err
+	}
+	deadline := time.Now().Add(q.timeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	c.SetDeadline(deadline)
+	// smmapd ignores the map name; any word will do.
+	if _, err := c.Write(appendNetstring(nil, "cyrus ", address)); err != nil {
+		c.Close()
+		return "", "", fmt.Errorf("quota check: %w", err)
+	}
+	reply, err := readNetstring(c.r, MaxReply)
+	if err != nil {
+		c.Close()
+		return "", "", fmt.Errorf("quota check: %w", err)
+	}
+	status, data, _ = strings.Cut(string(reply), " ")
+	select {
+	case q.idle <- c:
+	default:
+		c.Close()
+	}
+	return status, data, nil
+}
+
+func (q *quotaChecker) conn(ctx context.Context) (*quotaConn, error) {
+	select {
+	case c := <-q.idle:
+		return c, nil
+	default:
+	}
+	network, addr := listen.Split(q.addr)
+	d := net.Dialer{Timeout: q.timeout}
+	c, err := d.DialContext(ctx, network, addr)
+	if err != nil {
+		return nil, fmt.Errorf("quota check: %w", err)
+	}
+	return &quotaConn{Conn: c, r: bufio.NewReader(c)}, nil
+}
+
+// close drops the idle connections.
+func (q *quotaChecker) close() {
+	if q == nil {
+		return
+	}
+	for {
+		select {
+		case c := <-q.idle:
+			c.Close()
+		default:
+			return
+		}
+	}
+}
