@@ -187,7 +187,8 @@ func (s *Service) Reload(cfg Config) {
 }
 
 // Run serves until ctx is cancelled, then lets connections finish the
-// request they are in within grace and closes the rest.
+// request they are in within grace and closes the rest. It returns nil:
+// accept errors are retried, not fatal.
 func (s *Service) Run(ctx context.Context, grace time.Duration) error {
 	stop := context.AfterFunc(ctx, func() {
 		for _, ln := range s.lns {
@@ -195,45 +196,49 @@ func (s *Service) Run(ctx context.Context, grace time.Duration) error {
 		}
 	})
 	defer stop()
-	var conns sync.WaitGroup
-	errc := make(chan error, len(s.lns))
+	var conns connSet
 	var accepting sync.WaitGroup
 	for _, ln := range s.lns {
-		accepting.Go(func() {
-			if err := s.accept(ctx, ln, &conns); err != nil {
-				errc <- err
-			}
-		})
+		accepting.Go(func() { s.accept(ctx, ln, &conns) })
 	}
 	accepting.Wait()
-	close(errc)
-	err := <-errc // nil when ctx ended every loop
 	done := make(chan struct{})
-	go func() { conns.Wait(); close(done) }()
+	go func() { conns.wg.Wait(); close(done) }()
 	select {
 	case <-done:
 	case <-time.After(grace):
-		s.log.Warn("shutdown grace over with connections still open")
+		n := conns.closeAll()
+		s.log.Warn("shutdown grace over, connections closed", "dropped", n)
+		<-done
 	}
 	s.quota.Load().close()
-	return err
+	return nil
 }
 
-func (s *Service) accept(ctx context.Context, ln net.Listener, conns *sync.WaitGroup) error {
+// accept runs until ctx ends. Accept errors (out of file descriptors, say)
+// are logged and retried with a growing pause, never fatal: the listener
+// itself only fails when closed.
+func (s *Service) accept(ctx context.Context, ln net.Listener, conns *connSet) {
+	var pause time.Duration
 	for {
 		c, err := ln.Accept()
 		if ctx.Err() != nil {
 			if c != nil {
 				c.Close()
 			}
-			return nil
+			return
 		}
 		if err != nil {
-			if ne, ok := err.(net.Error); ok && ne.Timeout() {
-				continue
+			pause = min(max(2*pause, 5*time.Millisecond), time.Second)
+			s.log.Warn("accept failed, retrying", "err", err, "pause", pause.String())
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(pause):
 			}
-			return fmt.Errorf("accept: %w", err)
+			continue
 		}
+		pause = 0
 		select {
 		case s.slots <- struct{}{}:
 		default:
@@ -245,11 +250,45 @@ func (s *Service) accept(ctx context.Context, ln net.Listener, conns *sync.WaitG
 			c.Close()
 			continue
 		}
-		conns.Go(func() {
+		conns.add(c)
+		conns.wg.Go(func() {
 			defer func() { <-s.slots }()
+			defer conns.remove(c)
 			s.serveConn(ctx, c)
 		})
 	}
+}
+
+// connSet tracks open connections so that shutdown can close the ones
+// still busy when the grace period ends.
+type connSet struct {
+	wg sync.WaitGroup
+	mu sync.Mutex
+	m  map[net.Conn]struct{}
+}
+
+func (cs *connSet) add(c net.Conn) {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	if cs.m == nil {
+		cs.m = make(map[net.Conn]struct{})
+	}
+	cs.m[c] = struct{}{}
+}
+
+func (cs *connSet) remove(c net.Conn) {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	delete(cs.m, c)
+}
+
+func (cs *connSet) closeAll() int {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	for c := range cs.m {
+		c.Close()
+	}
+	return len(cs.m)
 }
 
 // serveConn answers requests in order until EOF, an idle timeout, a
@@ -270,10 +309,12 @@ func (s *Service) serveConn(ctx context.Context, c net.Conn) {
 	var out []byte
 	for {
 		cfg := s.cfg.Load()
+		c.SetReadDeadline(time.Now().Add(cfg.IdleTimeout))
+		// Checked after the deadline is set: a shutdown that came before
+		// is seen here, one that comes after resets the deadline to now.
 		if ctx.Err() != nil {
 			return
 		}
-		c.SetReadDeadline(time.Now().Add(cfg.IdleTimeout))
 		if _, err := br.Peek(1); err != nil {
 			return // EOF, idle timeout or shutdown: nothing half-read
 		}

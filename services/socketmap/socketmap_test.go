@@ -376,3 +376,42 @@ func TestConfigValidate(t *testing.T) {
 		}
 	}
 }
+
+// TestShutdownGrace: a connection stuck writing to a client that never
+// reads is closed when the grace period ends; Run does not wait for it.
+func TestShutdownGrace(t *testing.T) {
+	st, c := testStore(t)
+	sock := filepath.Join(t.TempDir(), "sm.sock")
+	cfg := DefaultConfig("")
+	cfg.Listen = []string{"unix:" + sock}
+	cfg.WriteTimeout = time.Minute
+	s := New(cfg, st, c, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err := s.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx, 300*time.Millisecond) }()
+	hog := dial(t, sock)
+	req := appendNetstring(nil, "alias sales@example.com")
+	go func() {
+		for {
+			if _, err := hog.Write(req); err != nil {
+				return
+			}
+		}
+	}()
+	// Wait until the server is blocked writing: its replies fill the
+	// socket buffers because nobody reads them.
+	time.Sleep(500 * time.Millisecond)
+	start := time.Now()
+	cancel()
+	select {
+	case err := <-done:
+		if d := time.Since(start); err != nil || d < 250*time.Millisecond || d > 3*time.Second {
+			t.Errorf("Run returned %v after %v, want nil after about the 300ms grace", err, d)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run still waiting for a stuck connection 10s after shutdown")
+	}
+}
