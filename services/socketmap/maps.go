@@ -72,7 +72,11 @@ func (s *Service) answer(ctx context.Context, cfg *Config, mapName, key string) 
 			s.log.Warn("quota check failed", "err", err)
 			return statusTemp, "quota check unavailable"
 		case (qs == statusTemp || qs == statusPerm) && strings.Contains(strings.ToLower(qd), "quota"):
-			return qs, qd
+			// Cyrus says PERM with lmtp_over_quota_perm_failure, but to
+			// Postfix PERM is its own configuration error, not a reject
+			// of the recipient: TEMP defers the mail, as Cyrus's 452
+			// would, until the mailbox has room again.
+			return statusTemp, qd
 		}
 	}
 	return e.status, e.data

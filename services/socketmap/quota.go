@@ -3,7 +3,9 @@ package socketmap
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
+	"os"
 	"net"
 	"strings"
 	"time"
@@ -38,12 +40,27 @@ func newQuotaChecker(addr string, timeout time.Duration) *quotaChecker {
 }
 
 // check returns smmapd's status and text for a canonical user address.
-// err means smmapd could not be asked (down, timeout, garbage).
+// err means smmapd could not be asked (down, timeout, garbage). A kept
+// connection may have been closed by smmapd meanwhile (after 360 s idle, at
+// its use limit, when Cyrus reloads): that failure is retried once on a new
+// connection, as Postfix's socketmap client does; a timeout is not.
 func (q *quotaChecker) check(ctx context.Context, address string) (status, data string, err error) {
-	c, err := q.conn(ctx)
+	c, pooled, err := q.conn(ctx)
 	if err != nil {
 		return "", "", err
 	}
+	status, data, err = q.ask(ctx, c, address)
+	if err != nil && pooled && !errors.Is(err, os.ErrDeadlineExceeded) {
+		if c, _, err = q.dial(ctx); err != nil {
+			return "", "", err
+		}
+		status, data, err = q.ask(ctx, c, address)
+	}
+	return status, data, err
+}
+
+// ask sends one request on c and keeps c for later if it worked.
+func (q *quotaChecker) ask(ctx context.Context, c *quotaConn, address string) (status, data string, err error) {
 	deadline := time.Now().Add(q.timeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
@@ -68,19 +85,24 @@ func (q *quotaChecker) check(ctx context.Context, address string) (status, data 
 	return status, data, nil
 }
 
-func (q *quotaChecker) conn(ctx context.Context) (*quotaConn, error) {
+// conn takes a kept connection (pooled) or dials a new one.
+func (q *quotaChecker) conn(ctx context.Context) (c *quotaConn, pooled bool, err error) {
 	select {
 	case c := <-q.idle:
-		return c, nil
+		return c, true, nil
 	default:
 	}
+	return q.dial(ctx)
+}
+
+func (q *quotaChecker) dial(ctx context.Context) (*quotaConn, bool, error) {
 	network, addr := listen.Split(q.addr)
 	d := net.Dialer{Timeout: q.timeout}
 	c, err := d.DialContext(ctx, network, addr)
 	if err != nil {
-		return nil, fmt.Errorf("quota check: %w", err)
+		return nil, false, fmt.Errorf("quota check: %w", err)
 	}
-	return &quotaConn{Conn: c, r: bufio.NewReader(c)}, nil
+	return &quotaConn{Conn: c, r: bufio.NewReader(c)}, false, nil
 }
 
 // close drops the idle connections.
