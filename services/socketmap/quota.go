@@ -5,8 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"net"
+	"os"
 	"strings"
 	"time"
 
