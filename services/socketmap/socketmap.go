@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -292,8 +293,8 @@ func (cs *connSet) closeAll() int {
 }
 
 // serveConn answers requests in order until EOF, an idle timeout, a
-// framing error or shutdown. Replies are flushed when no further request is
-// already buffered, so a pipelined batch gets one write.
+// framing error or shutdown: exactly one reply per request, plus one PERM
+// for bad framing before closing.
 func (s *Service) serveConn(ctx context.Context, c net.Conn) {
 	defer c.Close()
 	defer func() {
@@ -306,6 +307,13 @@ func (s *Service) serveConn(ctx context.Context, c net.Conn) {
 	defer stop()
 	br := bufio.NewReader(c)
 	bw := bufio.NewWriter(c)
+	// Whatever way the loop ends, replies already written reach the client.
+	defer func() {
+		if bw.Buffered() > 0 {
+			c.SetWriteDeadline(time.Now().Add(s.cfg.Load().WriteTimeout))
+			bw.Flush()
+		}
+	}()
 	var out []byte
 	for {
 		cfg := s.cfg.Load()
@@ -325,9 +333,7 @@ func (s *Service) serveConn(ctx context.Context, c net.Conn) {
 				// Out of step: answer once, then close (as smmapd and
 				// postsrsd do), never guess where the next request starts.
 				s.log.Warn("bad request framing", "err", err, "remote", c.RemoteAddr().String())
-				c.SetWriteDeadline(time.Now().Add(cfg.WriteTimeout))
 				bw.Write(appendNetstring(out[:0], "PERM bad netstring framing"))
-				bw.Flush()
 			} else if !errors.Is(err, io.EOF) && !errors.Is(err, os.ErrDeadlineExceeded) {
 				s.log.Debug("read request", "err", err)
 			}
@@ -337,7 +343,9 @@ func (s *Service) serveConn(ctx context.Context, c net.Conn) {
 		status, data := s.answer(ctx, cfg, mapName, key)
 		out = appendNetstring(out[:0], status, " ", data)
 		bw.Write(out)
-		if br.Buffered() == 0 {
+		// A pipelined batch gets one write; but before any read that could
+		// wait for the client, the client must have its answers.
+		if !bufferedRequest(br) {
 			c.SetWriteDeadline(time.Now().Add(cfg.WriteTimeout))
 			if err := bw.Flush(); err != nil {
 				s.log.Debug("write reply", "err", err)
@@ -345,4 +353,24 @@ func (s *Service) serveConn(ctx context.Context, c net.Conn) {
 			}
 		}
 	}
+}
+
+// bufferedRequest reports whether br already holds the whole next
+// netstring (or a framing error, which reading reports without waiting),
+// so that reading it cannot block.
+func bufferedRequest(br *bufio.Reader) bool {
+	b, _ := br.Peek(br.Buffered())
+	for i, c := range b {
+		switch {
+		case c == ':':
+			if i == 0 {
+				return true // no length: a framing error
+			}
+			n, err := strconv.Atoi(string(b[:i]))
+			return err != nil || n > MaxRequest || len(b) >= i+n+2
+		case c < '0' || c > '9' || i > 5:
+			return true // a framing error
+		}
+	}
+	return false
 }

@@ -415,3 +415,21 @@ func TestShutdownGrace(t *testing.T) {
 		t.Fatal("Run still waiting for a stuck connection 10s after shutdown")
 	}
 }
+
+// TestReplyBeforePartialRequest: a reply is sent before the server waits
+// for the rest of a request that has only partly arrived.
+func TestReplyBeforePartialRequest(t *testing.T) {
+	st, c := testStore(t)
+	_, sock := start(t, st, c, nil)
+	conn := dial(t, sock)
+	conn.Write(append(appendNetstring(nil, "mailbox alice@example.com"), "25:mailbox al"...))
+	conn.SetReadDeadline(time.Now().Add(3 * time.Second))
+	r := bufio.NewReader(conn)
+	if got, err := readNetstring(r, MaxReply); err != nil || string(got) != "OK alice@example.com" {
+		t.Fatalf("first reply: %q, %v (held back while the next request is incomplete?)", got, err)
+	}
+	conn.Write([]byte("ice@example.com,"))
+	if got, err := readNetstring(r, MaxReply); err != nil || string(got) != "OK alice@example.com" {
+		t.Errorf("second reply: %q, %v", got, err)
+	}
+}
