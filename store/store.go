@@ -143,7 +143,9 @@ func Open(ctx context.Context, path string, opt Options) (*Store, error) {
 // Close releases the store's connections.
 func (s *Store) Close() error {
 	var errs []error
+	s.watchMu.Lock()
 	errs = append(errs, s.shm.close())
+	s.watchMu.Unlock()
 	if s.dvStmt != nil {
 		errs = append(errs, s.dvStmt.Close())
 	}

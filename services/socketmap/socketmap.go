@@ -315,9 +315,10 @@ func (s *Service) serveConn(ctx context.Context, c net.Conn) {
 		}
 	}()
 	var out []byte
+	var dl deadlines
 	for {
 		cfg := s.cfg.Load()
-		c.SetReadDeadline(time.Now().Add(cfg.IdleTimeout))
+		dl.read(c, cfg.IdleTimeout)
 		// Checked after the deadline is set: a shutdown that came before
 		// is seen here, one that comes after resets the deadline to now.
 		if ctx.Err() != nil {
@@ -326,7 +327,11 @@ func (s *Service) serveConn(ctx context.Context, c net.Conn) {
 		if _, err := br.Peek(1); err != nil {
 			return // EOF, idle timeout or shutdown: nothing half-read
 		}
-		c.SetReadDeadline(time.Now().Add(cfg.ReadTimeout))
+		if !bufferedRequest(br) {
+			// The rest of the request is still on its way: it gets
+			// read_timeout, not the idle time (slow-drip clients).
+			dl.readOnce(c, cfg.ReadTimeout)
+		}
 		req, err := readNetstring(br, MaxRequest)
 		if err != nil {
 			if errors.Is(err, errSyntax) || errors.Is(err, errTooLarge) {
@@ -346,7 +351,7 @@ func (s *Service) serveConn(ctx context.Context, c net.Conn) {
 		// A pipelined batch gets one write; but before any read that could
 		// wait for the client, the client must have its answers.
 		if !bufferedRequest(br) {
-			c.SetWriteDeadline(time.Now().Add(cfg.WriteTimeout))
+			dl.write(c, cfg.WriteTimeout)
 			if err := bw.Flush(); err != nil {
 				s.log.Debug("write reply", "err", err)
 				return
@@ -373,4 +378,36 @@ func bufferedRequest(br *bufio.Reader) bool {
 		}
 	}
 	return false
+}
+
+// deadlines sets a connection's deadlines lazily: a deadline is renewed only
+// once less than half of its span is left, so a busy connection makes one
+// SetDeadline call per half-span instead of several per request (they
+// showed as 5 % of CPU in the benchmark). A wait is therefore cut off after
+// between half and all of its timeout.
+type deadlines struct {
+	readUntil, writeUntil time.Time
+	readSpan, writeSpan   time.Duration
+}
+
+func (d *deadlines) read(c net.Conn, span time.Duration) {
+	now := time.Now()
+	if span != d.readSpan || d.readUntil.Sub(now) < span/2 {
+		d.readUntil, d.readSpan = now.Add(span), span
+		c.SetReadDeadline(d.readUntil)
+	}
+}
+
+// readOnce sets a read deadline for one wait; the next read renews.
+func (d *deadlines) readOnce(c net.Conn, span time.Duration) {
+	d.readUntil, d.readSpan = time.Now().Add(span), 0
+	c.SetReadDeadline(d.readUntil)
+}
+
+func (d *deadlines) write(c net.Conn, span time.Duration) {
+	now := time.Now()
+	if span != d.writeSpan || d.writeUntil.Sub(now) < span/2 {
+		d.writeUntil, d.writeSpan = now.Add(span), span
+		c.SetWriteDeadline(d.writeUntil)
+	}
 }
