@@ -39,7 +39,9 @@ fuzz:
 # Benchmarks, side by side with the real peers where an issue asks for it;
 # results and the exact command go to BENCHMARKS.md.
 bench: peers
-	SIDECAR_STRICT=1 $(GO) test -tags integration -run='^$$' -bench=. -benchmem -count=5 $(PKGS)
+	$(GO) test -run='^$$' -bench=. -benchmem -count=5 ./store/
+	$(GO) test -run='^$$' -bench=. -benchtime=20x -count=3 ./store/password/
+	SIDECAR_STRICT=1 $(GO) test -tags integration -run='^$$' -bench=BenchmarkSocketmap -benchtime=2s -count=3 ./services/socketmap/
 
 build:
 	$(GO) build -o cyrus-sidecar .
