@@ -20,9 +20,18 @@ const (
 	statusPerm     = "PERM"
 )
 
-// answer computes the reply to one request. It never fails: every outcome
-// is a status.
-func (s *Service) answer(ctx context.Context, cfg *Config, mapName, key string) (status, data string) {
+// answer computes the reply to one request (a netstring's payload, "map
+// key"). It never fails: every outcome is a status. A cached answer is
+// found by the request bytes themselves, with no allocation and no parsing.
+func (s *Service) answer(ctx context.Context, cfg *Config, req []byte) (status, data string) {
+	gen, genErr := s.st.Generation(ctx)
+	if genErr == nil {
+		if e, ok := s.cache.get(gen, cfg, req); ok {
+			return s.withQuota(ctx, e)
+		}
+	}
+	r := string(req)
+	mapName, key, _ := strings.Cut(r, " ")
 	var kind string
 	switch {
 	case mapName == "":
@@ -43,41 +52,43 @@ func (s *Service) answer(ctx context.Context, cfg *Config, mapName, key string) 
 	if key == "" {
 		return statusNotFound, ""
 	}
-	gen, err := s.st.Generation(ctx)
-	if err != nil {
-		s.log.Warn("store unavailable", "err", err)
+	if genErr != nil {
+		s.log.Warn("store unavailable", "err", genErr)
 		return statusTemp, "store unavailable"
 	}
-	ck := kind + " " + key
-	e, ok := s.cache.get(gen, ck)
-	if !ok {
-		e, err = s.lookup(ctx, kind, key)
-		if err != nil {
-			s.log.Warn("lookup failed", "map", kind, "err", err)
-			return statusTemp, "store unavailable"
-		}
-		if len(e.data) > MaxReply-len(e.status)-1 {
-			s.log.Warn("reply over the socketmap limit", "map", kind, "bytes", len(e.data))
-			return statusTemp, "reply too long"
-		}
-		s.cache.put(gen, cfg.CacheEntries, ck, e)
+	e, err := s.lookup(ctx, kind, key)
+	if err != nil {
+		s.log.Warn("lookup failed", "map", kind, "err", err)
+		return statusTemp, "store unavailable"
 	}
-	// Quota changes with every delivery, not with the store: asked each
-	// time, never cached. Only Cyrus's over-quota verdicts are relayed;
-	// whether the user exists is the store's call.
-	if q := s.quota.Load(); q != nil && e.user != "" {
-		qs, qd, err := q.check(ctx, e.user)
-		switch {
-		case err != nil:
-			s.log.Warn("quota check failed", "err", err)
-			return statusTemp, "quota check unavailable"
-		case (qs == statusTemp || qs == statusPerm) && strings.Contains(strings.ToLower(qd), "quota"):
-			// Cyrus says PERM with lmtp_over_quota_perm_failure, but to
-			// Postfix PERM is its own configuration error, not a reject
-			// of the recipient: TEMP defers the mail, as Cyrus's 452
-			// would, until the mailbox has room again.
-			return statusTemp, qd
-		}
+	if len(e.data) > MaxReply-len(e.status)-1 {
+		s.log.Warn("reply over the socketmap limit", "map", kind, "bytes", len(e.data))
+		return statusTemp, "reply too long"
+	}
+	s.cache.put(gen, cfg, r, e)
+	return s.withQuota(ctx, e)
+}
+
+// withQuota applies the optional quota check to a store answer. Quota
+// changes with every delivery, not with the store: asked each time, never
+// cached. Only Cyrus's over-quota verdicts are relayed; whether the user
+// exists is the store's call.
+func (s *Service) withQuota(ctx context.Context, e entry) (status, data string) {
+	q := s.quota.Load()
+	if q == nil || e.user == "" {
+		return e.status, e.data
+	}
+	qs, qd, err := q.check(ctx, e.user)
+	switch {
+	case err != nil:
+		s.log.Warn("quota check failed", "err", err)
+		return statusTemp, "quota check unavailable"
+	case (qs == statusTemp || qs == statusPerm) && strings.Contains(strings.ToLower(qd), "quota"):
+		// Cyrus says PERM with lmtp_over_quota_perm_failure, but to
+		// Postfix PERM is its own configuration error, not a reject
+		// of the recipient: TEMP defers the mail, as Cyrus's 452
+		// would, until the mailbox has room again.
+		return statusTemp, qd
 	}
 	return e.status, e.data
 }
@@ -146,37 +157,39 @@ func (s *Service) resolve(ctx context.Context, kind, key string) (status, data, 
 	return statusPerm, "unknown map", "", nil
 }
 
-// cache keeps answers for one store generation: any committed change, from
-// any process, empties it before the next lookup (Store.Generation), so it
-// never serves a stale answer.
+// cache keeps answers for one store generation, keyed by the request
+// ("map key"): any committed change, from any process, empties it before the
+// next lookup (Store.Generation), so it never serves a stale answer.
 type cache struct {
 	mu      sync.RWMutex
 	gen     int64
+	cfg     *Config // answers depend on the map names: a reload starts over
 	entries map[string]entry
 }
 
 // entry is one answer; user is set when a quota check applies.
 type entry struct{ status, data, user string }
 
-func (c *cache) get(gen int64, key string) (entry, bool) {
+func (c *cache) get(gen int64, cfg *Config, req []byte) (entry, bool) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	if c.gen != gen {
+	if c.gen != gen || c.cfg != cfg {
 		return entry{}, false
 	}
-	e, ok := c.entries[key]
+	e, ok := c.entries[string(req)] // no allocation: the compiler sees the lookup
 	return e, ok
 }
 
-func (c *cache) put(gen int64, max int, key string, e entry) {
-	if max <= 0 {
+
+func (c *cache) put(gen int64, cfg *Config, key string, e entry) {
+	if cfg.CacheEntries <= 0 {
 		return
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.gen != gen || len(c.entries) >= max {
+	if c.gen != gen || c.cfg != cfg || len(c.entries) >= cfg.CacheEntries {
 		// A new generation, or full: start over rather than track ages.
-		c.gen, c.entries = gen, make(map[string]entry)
+		c.gen, c.cfg, c.entries = gen, cfg, make(map[string]entry)
 	}
 	c.entries[key] = e
 }

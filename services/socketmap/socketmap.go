@@ -327,6 +327,7 @@ func (s *Service) serveConn(ctx context.Context, c net.Conn) {
 		if _, err := br.Peek(1); err != nil {
 			return // EOF, idle timeout or shutdown: nothing half-read
 		}
+		cfg = s.cfg.Load() // a reload during the wait applies to this request
 		if !bufferedRequest(br) {
 			// The rest of the request is still on its way: it gets
 			// read_timeout, not the idle time (slow-drip clients).
@@ -344,8 +345,7 @@ func (s *Service) serveConn(ctx context.Context, c net.Conn) {
 			}
 			return
 		}
-		mapName, key, _ := strings.Cut(string(req), " ")
-		status, data := s.answer(ctx, cfg, mapName, key)
+		status, data := s.answer(ctx, cfg, req)
 		out = appendNetstring(out[:0], status, " ", data)
 		bw.Write(out)
 		// A pipelined batch gets one write; but before any read that could

@@ -433,3 +433,24 @@ func TestReplyBeforePartialRequest(t *testing.T) {
 		t.Errorf("second reply: %q, %v", got, err)
 	}
 }
+
+// TestReloadRenamesMap: after a reload that renames a map, the cache does
+// not answer for the old name.
+func TestReloadRenamesMap(t *testing.T) {
+	st, c := testStore(t)
+	s, sock := start(t, st, c, nil)
+	conn := dial(t, sock)
+	r := bufio.NewReader(conn)
+	if got := ask(t, conn, r, "mailbox alice@example.com"); got != "OK alice@example.com" {
+		t.Fatalf("before: %q", got)
+	}
+	cfg := *s.cfg.Load()
+	cfg.Maps.Mailbox = "virtual"
+	s.Reload(cfg)
+	if got := ask(t, conn, r, "mailbox alice@example.com"); got != "PERM unknown map" {
+		t.Errorf("old name after reload: %q", got)
+	}
+	if got := ask(t, conn, r, "virtual alice@example.com"); got != "OK alice@example.com" {
+		t.Errorf("new name after reload: %q", got)
+	}
+}
