@@ -180,7 +180,6 @@ func (c *cache) get(gen int64, cfg *Config, req []byte) (entry, bool) {
 	return e, ok
 }
 
-
 func (c *cache) put(gen int64, cfg *Config, key string, e entry) {
 	if cfg.CacheEntries <= 0 {
 		return
