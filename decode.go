@@ -138,6 +138,22 @@ func decodeValue(key string, val any, f reflect.Value, errs *[]fieldError) {
 		} else {
 			f.SetUint(uint64(n))
 		}
+	case f.Kind() == reflect.Map && f.Type().Key().Kind() == reflect.String && f.Type().Elem().Kind() == reflect.String:
+		tbl, ok := val.(map[string]any)
+		if !ok {
+			bad("must be a table of strings ([%s] with name = \"value\" lines), got %s", key, describe(val))
+			return
+		}
+		out := reflect.MakeMapWithSize(f.Type(), len(tbl))
+		for k, e := range tbl {
+			s, ok := e.(string)
+			if !ok {
+				*errs = append(*errs, fieldError{join(key, k), fmt.Sprintf("must be a string, got %s", describe(e))})
+				continue
+			}
+			out.SetMapIndex(reflect.ValueOf(k).Convert(f.Type().Key()), reflect.ValueOf(s).Convert(f.Type().Elem()))
+		}
+		f.Set(out)
 	case f.Kind() == reflect.Slice && f.Type().Elem().Kind() == reflect.String:
 		list, ok := val.([]any)
 		if !ok {

@@ -43,6 +43,7 @@ const usage = `usage: cyrus-sidecar COMMAND [ARGS] [-config FILE]
   domain   add|del|set|list  hosted domains
   user     add|passwd|set|disable|enable|del|show|list   users
   alias    add|del|list      aliases
+  apppass  add|del|list      app passwords: one per device, limited services, optional expiry
   version                    print the version
 
 Run "cyrus-sidecar COMMAND -h" for a command's flags.`
@@ -66,6 +67,8 @@ func realMain(args []string, std stdio, getenv func(string) string) error {
 		return cmdUser(rest, std, getenv)
 	case "alias":
 		return cmdAlias(rest, std, getenv)
+	case "apppass":
+		return cmdAppPass(rest, std, getenv)
 	case "version", "-version", "--version":
 		fmt.Fprintln(std.out, version())
 		return nil

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"time"
 )
@@ -32,6 +33,37 @@ func (s *Store) RecordLogin(ctx context.Context, e LoginEvent) error {
 		VALUES (?, ?, ?, ?, ?, ?)`, e.At.Unix(), trunc(e.Login), trunc(e.Service), e.Result, trunc(e.Reason), trunc(e.Client))
 	if err != nil {
 		return fmt.Errorf("record login: %w", err)
+	}
+	return nil
+}
+
+// RecordLogins appends a batch of attempts in one transaction: the
+// saslauthd responder records every attempt, and one commit per login
+// would cost more than the login itself.
+func (s *Store) RecordLogins(ctx context.Context, es []LoginEvent) error {
+	if len(es) == 0 {
+		return nil
+	}
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		stmt, err := tx.PrepareContext(ctx, `INSERT INTO login_audit (at, login, service, result, reason, client)
+			VALUES (?, ?, ?, ?, ?, ?)`)
+		if err != nil {
+			return err
+		}
+		defer stmt.Close()
+		for _, e := range es {
+			if e.At.IsZero() {
+				e.At = time.Now()
+			}
+			if _, err := stmt.ExecContext(ctx, e.At.Unix(), trunc(e.Login), trunc(e.Service), e.Result,
+				trunc(e.Reason), trunc(e.Client)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("record logins: %w", err)
 	}
 	return nil
 }

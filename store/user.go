@@ -247,3 +247,24 @@ func checkReserved(a Address) error {
 	}
 	return nil
 }
+
+// ReplacePasswordHash swaps a user's hash only if it is still old: a login
+// upgrading the hash scheme must never undo a password change that an admin
+// made meanwhile. It reports whether the hash was replaced.
+func (s *Store) ReplacePasswordHash(ctx context.Context, a Address, old, next Secret) (bool, error) {
+	var done bool
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, "UPDATE users SET password_hash = ?, updated = ? WHERE address = ? AND password_hash = ?",
+			string(next), now(), a.String(), string(old))
+		if err != nil {
+			return err
+		}
+		n, err := res.RowsAffected()
+		done = n == 1
+		return err
+	})
+	if err != nil {
+		return false, fmt.Errorf("replace password hash: %w", err)
+	}
+	return done, nil
+}
