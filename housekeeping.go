@@ -38,20 +38,37 @@ func (h *housekeeper) Reload(cfg *Config) {
 // returns an error, stopping serve (systemd restarts it), when the store
 // file was replaced under the process.
 func (h *housekeeper) Run(ctx context.Context) error {
+	check := time.NewTicker(fileCheckInterval)
+	defer check.Stop()
 	for {
 		if err := h.st.CheckFile(); err != nil {
 			return err
 		}
 		h.round(ctx)
-		t := time.NewTimer(h.cfg.Load().PruneInterval)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return nil
-		case <-t.C:
+		prune := time.NewTimer(h.cfg.Load().PruneInterval)
+	wait:
+		for {
+			select {
+			case <-ctx.Done():
+				prune.Stop()
+				return nil
+			case <-check.C:
+				if err := h.st.CheckFile(); err != nil {
+					prune.Stop()
+					return err
+				}
+			case <-prune.C:
+				break wait
+			}
 		}
 	}
 }
+
+// fileCheckInterval is how often the store file's identity is checked: a
+// restore by renaming a file over it must stop serve (systemd restarts it)
+// before the two files' WAL and shared-memory names get mixed up. Stopping
+// serve before a restore is what the docs ask; this is the safety net.
+const fileCheckInterval = 5 * time.Second
 
 func (h *housekeeper) round(ctx context.Context) {
 	a := h.cfg.Load()

@@ -154,7 +154,7 @@ func serve(cfg *Config, path string, log *slog.Logger, level *slog.LevelVar, sd 
 		grace := current.Load().Serve.ShutdownGrace
 		select {
 		case err = <-done:
-		case <-time.After(grace + time.Second):
+		case <-time.After(grace + drainSlack):
 			return fmt.Errorf("services still running %s after shutdown began (serve.shutdown_grace)", grace)
 		}
 	}
@@ -165,6 +165,11 @@ func serve(cfg *Config, path string, log *slog.Logger, level *slog.LevelVar, sd 
 	return err
 }
 
+// drainSlack is what serve allows beyond shutdown_grace for the services
+// to notice it and close what is left (a quota check may still run its
+// timeout of a few seconds).
+const drainSlack = 5 * time.Second
+
 // socketmapService adapts the socketmap responder to serve's service.
 type socketmapService struct {
 	*socketmap.Service
@@ -172,7 +177,9 @@ type socketmapService struct {
 }
 
 func (s *socketmapService) Run(ctx context.Context) error {
-	return s.Service.Run(ctx, s.cfg.Load().Serve.ShutdownGrace)
+	// The grace of the configuration current when the drain begins, as
+	// serve's own wait uses; a reload may have changed it since the start.
+	return s.Service.Run(ctx, func() time.Duration { return s.cfg.Load().Serve.ShutdownGrace })
 }
 
 func (s *socketmapService) Reload(cfg *Config) { s.Service.Reload(cfg.Socketmap) }

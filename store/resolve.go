@@ -43,16 +43,20 @@ type Resolution struct {
 	// aliases (up to maxAliasDepth deep) and the catch-all; the user
 	// itself for KindUser. Sorted, no duplicates.
 	Users []string
+	// Remote are the targets outside our domains the address reaches.
+	Remote []string
 }
 
 // Deliverable reports whether mail to the address is accepted: an enabled
-// user, an alias or a catch-all with somewhere to go.
+// user, or an alias or catch-all that reaches at least one enabled user or
+// outside address (one whose targets are all disabled or gone would accept
+// mail only to bounce it later).
 func (r Resolution) Deliverable() bool {
 	switch r.Kind {
 	case KindUser:
 		return !r.Disabled
 	case KindAlias, KindCatchAll:
-		return len(r.Targets) > 0
+		return len(r.Users)+len(r.Remote) > 0
 	}
 	return false
 }
@@ -99,18 +103,19 @@ func (s *Store) Resolve(ctx context.Context, c Canon, a Address) (Resolution, er
 	if err := x.expand(r.Targets, 1); err != nil {
 		return r, fmt.Errorf("resolve %s: %w", a, err)
 	}
-	r.Users = x.users
+	r.Users, r.Remote = x.users, x.remote
 	slices.Sort(r.Users)
 	return r, nil
 }
 
 // expander follows alias targets to local users.
 type expander struct {
-	ctx   context.Context
-	tx    *sql.Tx
-	c     Canon
-	seen  map[string]bool
-	users []string
+	ctx    context.Context
+	tx     *sql.Tx
+	c      Canon
+	seen   map[string]bool
+	users  []string
+	remote []string
 }
 
 // lookup finds an address among users and aliases.
@@ -148,11 +153,28 @@ func (x *expander) expand(targets []string, depth int) error {
 		return nil // deeper nesting reaches nobody more; not an error
 	}
 	for _, t := range targets {
+		if len(x.users)+len(x.remote) >= maxExpandedUsers {
+			return nil // enough
+		}
 		a, err := x.c.Address(t) // the +detail does not change who it is
-		if err != nil || x.seen[a.String()] || len(x.users) >= maxExpandedUsers {
-			continue // an outside address in any form, a loop, or enough
+		if err != nil {
+			// Not a mailbox name by Cyrus's rules: only an outside
+			// address can be that (targets are checked on entry).
+			x.remote = append(x.remote, t)
+			continue
+		}
+		if x.seen[a.String()] {
+			continue // a loop, or twice
 		}
 		x.seen[a.String()] = true
+		var hosted int
+		if err := x.tx.QueryRowContext(x.ctx, "SELECT count(*) FROM domains WHERE name = ?", a.Domain()).Scan(&hosted); err != nil {
+			return err
+		}
+		if hosted == 0 {
+			x.remote = append(x.remote, t)
+			continue
+		}
 		kind, disabled, next, err := x.lookup(a.String())
 		if err != nil {
 			return err

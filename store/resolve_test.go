@@ -56,7 +56,7 @@ func TestResolve(t *testing.T) {
 		{"sales", true, KindAlias, true, []string{"alice@example.com"}},
 		{"all", true, KindAlias, true, []string{"alice@example.com", "carol@other.org"}},
 		{"loop", true, KindAlias, true, []string{"alice@example.com", "carol@other.org"}},
-		{"gone", true, KindAlias, true, nil}, // accepted, reaches no local user
+		{"gone", true, KindAlias, false, nil}, // reaches nobody: refused, not bounced later
 		{"anything@other.org", true, KindCatchAll, true, []string{"carol@other.org"}},
 		{"carol@other.org", true, KindUser, true, []string{"carol@other.org"}},
 		{"x@outside.org", false, KindNone, false, nil},
@@ -65,6 +65,9 @@ func TestResolve(t *testing.T) {
 		r, err := st.Resolve(ctx, c, addr(t, c, tt.in))
 		if err != nil {
 			t.Fatalf("Resolve(%s): %v", tt.in, err)
+		}
+		if tt.in == "sales" && !slices.Equal(r.Remote, []string{"friend@outside.org"}) {
+			t.Errorf("Resolve(sales).Remote = %q", r.Remote)
 		}
 		if r.Hosted != tt.hosted || r.Kind != tt.kind || r.Deliverable() != tt.deliverable || !slices.Equal(r.Users, tt.users) {
 			t.Errorf("Resolve(%s) = hosted %v %v deliverable %v users %q; want %v %v %v %q",

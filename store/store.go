@@ -63,7 +63,8 @@ type Store struct {
 	shm      *shmWatch // nil: always ask SQLite
 	lastHdr  [walHeaderLen]byte
 	lastData int64
-	gen      int64
+	lastN    int64 // the generation row as last read
+	gen      int64 // what Generation returns: moves whenever lastN moves
 	slow     int64 // Generation calls that asked SQLite (for tests)
 }
 
@@ -189,7 +190,12 @@ func (s *Store) Generation(ctx context.Context) (int64, error) {
 		if err := s.watch.QueryRowContext(ctx, "SELECT n FROM generation WHERE id = 1").Scan(&n); err != nil {
 			return 0, fmt.Errorf("store generation: %w", err)
 		}
-		s.lastData, s.gen = dv, n
+		// Our own counter, not n itself: a restored backup may bring back
+		// an n this process has already handed out, with other data.
+		if n != s.lastN || s.gen == 0 {
+			s.gen++
+		}
+		s.lastData, s.lastN = dv, n
 	}
 	if hdrOK {
 		s.lastHdr = hdr

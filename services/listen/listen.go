@@ -43,6 +43,22 @@ func Check(a string) string {
 	return ""
 }
 
+// CheckListen is Check for an address to listen on: TCP only on loopback.
+// The services answer who exists and who may log in; on a public address
+// they would tell the network (and LMTP would take mail from it).
+func CheckListen(a string) string {
+	if msg := Check(a); msg != "" {
+		return msg
+	}
+	if network, addr := Split(a); network == "tcp" {
+		host, _, _ := net.SplitHostPort(addr)
+		if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+			return fmt.Sprintf("must be a loopback address (127.0.0.1, [::1], localhost) or a UNIX socket, got %q", a)
+		}
+	}
+	return ""
+}
+
 // Split returns the network and address for net.Dial and net.Listen.
 func Split(a string) (network, address string) {
 	if p, ok := strings.CutPrefix(a, "unix:"); ok {

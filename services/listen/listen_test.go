@@ -63,6 +63,15 @@ func TestListenUnix(t *testing.T) {
 	}
 }
 
+func TestCheckListen(t *testing.T) {
+	for a, ok := range map[string]bool{"127.0.0.1:2004": true, "[::1]:2004": true, "localhost:2004": true,
+		"unix:/run/x": true, "0.0.0.0:2004": false, "192.0.2.1:2004": false, "[::]:2004": false, "mail.example.com:2004": false} {
+		if got := CheckListen(a) == ""; got != ok {
+			t.Errorf("CheckListen(%q) ok = %v, want %v (%s)", a, got, ok, CheckListen(a))
+		}
+	}
+}
+
 func TestMode(t *testing.T) {
 	if m, err := Mode("0660"); err != nil || m != 0o660 {
 		t.Errorf("Mode(0660) = %v, %v", m, err)

@@ -144,7 +144,7 @@ func labServe(t testing.TB, st Store, c store.Canon, mod func(*Config)) (sock st
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx, 2*time.Second) }()
+	go func() { done <- s.Run(ctx, func() time.Duration { return 2 * time.Second }) }()
 	var once sync.Once
 	stop = func() {
 		once.Do(func() {
@@ -288,8 +288,8 @@ func TestPostmap(t *testing.T) {
 		{"virtual_alias_maps", "anyone@other.org", "carol@other.org"},
 		{"virtual_alias_maps", "alice@example.com", ""},
 		{"virtual_alias_maps", "nobody@example.com", ""},
-		{"smtpd_sender_login_maps", "alice@example.com", "alice@example.com"},
-		{"smtpd_sender_login_maps", "sales@example.com", "alice@example.com"},
+		{"smtpd_sender_login_maps", "alice@example.com", "alice@example.com,alice"},
+		{"smtpd_sender_login_maps", "sales@example.com", "alice@example.com,alice"},
 		{"smtpd_sender_login_maps", "anyone@other.org", ""},
 		{"smtpd_sender_login_maps", "bob@example.com", ""},
 	}

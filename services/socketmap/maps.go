@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"sync"
+	"time"
 
 	"cyrus-sidecar/store"
 )
@@ -13,6 +14,15 @@ import (
 // socketmap_table(5)). Postfix turns PERM into a configuration error of its
 // own, so PERM is only for requests that can never work (unknown map, bad
 // framing); our trouble is TEMP, never NOTFOUND.
+const (
+	// lookupTimeout bounds one store lookup once it has begun.
+	lookupTimeout = 5 * time.Second
+	// maxCachedRequest: longer requests hold no valid address (an address
+	// is at most 254 bytes plus a map name), so caching them would only
+	// let a client fill memory with 10 KB keys.
+	maxCachedRequest = 384
+)
+
 const (
 	statusOK       = "OK"
 	statusNotFound = "NOTFOUND"
@@ -56,7 +66,9 @@ func (s *Service) answer(ctx context.Context, cfg *Config, req []byte) (status, 
 		s.log.Warn("store unavailable", "err", genErr)
 		return statusTemp, "store unavailable"
 	}
-	e, err := s.lookup(ctx, kind, key)
+	lctx, cancel := context.WithTimeout(ctx, lookupTimeout)
+	defer cancel()
+	e, err := s.lookup(lctx, kind, key)
 	if err != nil {
 		s.log.Warn("lookup failed", "map", kind, "err", err)
 		return statusTemp, "store unavailable"
@@ -65,7 +77,9 @@ func (s *Service) answer(ctx context.Context, cfg *Config, req []byte) (status, 
 		s.log.Warn("reply over the socketmap limit", "map", kind, "bytes", len(e.data))
 		return statusTemp, "reply too long"
 	}
-	s.cache.put(gen, cfg, r, e)
+	if len(r) <= maxCachedRequest {
+		s.cache.put(gen, cfg, r, e)
+	}
 	return s.withQuota(ctx, e)
 }
 
@@ -150,7 +164,17 @@ func (s *Service) resolve(ctx context.Context, kind, key string) (status, data, 
 		// For smtpd_sender_login_maps: who may send as this address. A
 		// catch-all gives nobody the right to send as every address.
 		if (r.Kind == store.KindUser || r.Kind == store.KindAlias) && len(r.Users) > 0 {
-			return statusOK, strings.Join(r.Users, ","), "", nil
+			// Postfix compares the SASL login literally, and users of the
+			// default domain may log in without it ("alice"), as Cyrus
+			// allows: both spellings are that user.
+			logins := make([]string, 0, 2*len(r.Users))
+			for _, u := range r.Users {
+				logins = append(logins, u)
+				if local, ok := strings.CutSuffix(u, "@"+s.canon.DefaultDomain()); ok && s.canon.DefaultDomain() != "" {
+					logins = append(logins, local)
+				}
+			}
+			return statusOK, strings.Join(logins, ","), "", nil
 		}
 		return statusNotFound, "no login may send as this address", "", nil
 	}

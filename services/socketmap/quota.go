@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"cyrus-sidecar/services/listen"
@@ -18,6 +19,10 @@ import (
 // are plenty and cost Cyrus little.
 const maxIdleQuotaConns = 4
 
+// maxQuotaConns bounds connections to smmapd at once: each is a Cyrus
+// process (prefork), so a burst of lookups must not fork Cyrus to its limit.
+const maxQuotaConns = 8
+
 // quotaChecker asks Cyrus smmapd about a mailbox, for the one thing the
 // store cannot know: whether it is over quota. smmapd keeps connections open
 // for further requests (cyrus-lab-facts.md §7), so ours are reused.
@@ -25,6 +30,8 @@ type quotaChecker struct {
 	addr    string
 	timeout time.Duration
 	idle    chan *quotaConn
+	slots   chan struct{}
+	closed  atomic.Bool // after a reload: connections coming back are closed
 }
 
 type quotaConn struct {
@@ -36,7 +43,8 @@ func newQuotaChecker(addr string, timeout time.Duration) *quotaChecker {
 	if addr == "" {
 		return nil
 	}
-	return &quotaChecker{addr: addr, timeout: timeout, idle: make(chan *quotaConn, maxIdleQuotaConns)}
+	return &quotaChecker{addr: addr, timeout: timeout, idle: make(chan *quotaConn, maxIdleQuotaConns),
+		slots: make(chan struct{}, maxQuotaConns)}
 }
 
 // check returns smmapd's status and text for a canonical user address.
@@ -45,6 +53,14 @@ func newQuotaChecker(addr string, timeout time.Duration) *quotaChecker {
 // its use limit, when Cyrus reloads): that failure is retried once on a new
 // connection, as Postfix's socketmap client does; a timeout is not.
 func (q *quotaChecker) check(ctx context.Context, address string) (status, data string, err error) {
+	t := time.NewTimer(q.timeout)
+	select {
+	case q.slots <- struct{}{}:
+		t.Stop()
+	case <-t.C:
+		return "", "", errors.New("quota check: all smmapd connections busy")
+	}
+	defer func() { <-q.slots }()
 	c, pooled, err := q.conn(ctx)
 	if err != nil {
 		return "", "", err
@@ -77,6 +93,10 @@ func (q *quotaChecker) ask(ctx context.Context, c *quotaConn, address string) (s
 		return "", "", fmt.Errorf("quota check: %w", err)
 	}
 	status, data, _ = strings.Cut(string(reply), " ")
+	if q.closed.Load() {
+		c.Close()
+		return status, data, nil
+	}
 	select {
 	case q.idle <- c:
 	default:
@@ -110,6 +130,7 @@ func (q *quotaChecker) close() {
 	if q == nil {
 		return
 	}
+	q.closed.Store(true)
 	for {
 		select {
 		case c := <-q.idle:

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -58,7 +59,7 @@ func DefaultConfig(runtimeDir string) Config {
 		Listen:       []string{"unix:" + runtimeDir + "/socketmap.sock"},
 		SocketMode:   "0666",
 		MaxConns:     512,
-		IdleTimeout:  5 * time.Minute, // Postfix closes idle ones after 10 s itself
+		IdleTimeout:  30 * time.Second, // Postfix closes idle ones after 10 s itself
 		ReadTimeout:  10 * time.Second,
 		WriteTimeout: 10 * time.Second,
 		CacheEntries: 100_000,
@@ -78,7 +79,7 @@ func (c Config) Validate() error {
 		bad("listen", "must name at least one address when enabled")
 	}
 	for _, a := range c.Listen {
-		if msg := listen.Check(a); msg != "" {
+		if msg := listen.CheckListen(a); msg != "" {
 			bad("listen", "%s", msg)
 		}
 	}
@@ -190,7 +191,7 @@ func (s *Service) Reload(cfg Config) {
 // Run serves until ctx is cancelled, then lets connections finish the
 // request they are in within grace and closes the rest. It returns nil:
 // accept errors are retried, not fatal.
-func (s *Service) Run(ctx context.Context, grace time.Duration) error {
+func (s *Service) Run(ctx context.Context, grace func() time.Duration) error {
 	stop := context.AfterFunc(ctx, func() {
 		for _, ln := range s.lns {
 			ln.Close()
@@ -207,7 +208,7 @@ func (s *Service) Run(ctx context.Context, grace time.Duration) error {
 	go func() { conns.wg.Wait(); close(done) }()
 	select {
 	case <-done:
-	case <-time.After(grace):
+	case <-time.After(grace()):
 		n := conns.closeAll()
 		s.log.Warn("shutdown grace over, connections closed", "dropped", n)
 		<-done
@@ -297,16 +298,22 @@ func (cs *connSet) closeAll() int {
 // for bad framing before closing.
 func (s *Service) serveConn(ctx context.Context, c net.Conn) {
 	defer c.Close()
-	defer func() {
-		if p := recover(); p != nil {
-			s.log.Error("panic serving a connection", "panic", p)
-		}
-	}()
 	// Shutdown wakes a connection that waits for its next request.
 	stop := context.AfterFunc(ctx, func() { c.SetReadDeadline(time.Now()) })
 	defer stop()
 	br := bufio.NewReader(c)
 	bw := bufio.NewWriter(c)
+	pending := false // a request was read and not yet answered
+	defer func() {
+		if p := recover(); p != nil {
+			s.log.Error("panic serving a request", "panic", p, "stack", string(debug.Stack()))
+			if pending { // our trouble: try later, never a silent drop
+				c.SetWriteDeadline(time.Now().Add(time.Second))
+				bw.Write(appendNetstring(nil, "TEMP internal error"))
+				bw.Flush()
+			}
+		}
+	}()
 	// Whatever way the loop ends, replies already written reach the client.
 	defer func() {
 		if bw.Buffered() > 0 {
@@ -314,6 +321,10 @@ func (s *Service) serveConn(ctx context.Context, c net.Conn) {
 			bw.Flush()
 		}
 	}()
+	// A request that has begun is answered properly even during the
+	// shutdown drain (not "store unavailable"); each lookup has its own
+	// timeout, and the drain's grace with its close-all is the hard stop.
+	answerCtx := context.WithoutCancel(ctx)
 	var out []byte
 	var dl deadlines
 	for {
@@ -332,6 +343,9 @@ func (s *Service) serveConn(ctx context.Context, c net.Conn) {
 			// The rest of the request is still on its way: it gets
 			// read_timeout, not the idle time (slow-drip clients).
 			dl.readOnce(c, cfg.ReadTimeout)
+			if ctx.Err() != nil {
+				return // shutdown came between the wait and the deadline
+			}
 		}
 		req, err := readNetstring(br, MaxRequest)
 		if err != nil {
@@ -345,9 +359,14 @@ func (s *Service) serveConn(ctx context.Context, c net.Conn) {
 			}
 			return
 		}
-		status, data := s.answer(ctx, cfg, req)
+		pending = true
+		status, data := s.answer(answerCtx, cfg, req)
 		out = appendNetstring(out[:0], status, " ", data)
+		// bufio writes through by itself once a batch of replies fills
+		// its buffer: the write deadline must be current before any Write.
+		dl.write(c, cfg.WriteTimeout)
 		bw.Write(out)
+		pending = false
 		// A pipelined batch gets one write; but before any read that could
 		// wait for the client, the client must have its answers.
 		if !bufferedRequest(br) {

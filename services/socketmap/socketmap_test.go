@@ -72,7 +72,7 @@ func start(t testing.TB, st Store, c store.Canon, mod func(*Config)) (*Service, 
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx, 2*time.Second) }()
+	go func() { done <- s.Run(ctx, func() time.Duration { return 2 * time.Second }) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
@@ -129,8 +129,9 @@ func TestMaps(t *testing.T) {
 		{"alias Sales+x@example.com", "OK alice@example.com,friend@outside.org"},
 		{"alias alice@example.com", "NOTFOUND no alias"},
 		{"alias who@other.org", "OK carol@other.org"},
-		{"sender_login alice@example.com", "OK alice@example.com"},
-		{"sender_login sales@example.com", "OK alice@example.com"},
+		{"sender_login alice@example.com", "OK alice@example.com,alice"},
+		{"sender_login sales@example.com", "OK alice@example.com,alice"},
+		{"sender_login carol@other.org", "OK carol@other.org"},
 		{"sender_login who@other.org", "NOTFOUND no login may send as this address"},
 		{"sender_login bob@example.com", "NOTFOUND no login may send as this address"},
 		{"frob alice@example.com", "PERM unknown map"},
@@ -350,7 +351,7 @@ func TestShutdownClosesIdle(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx, 5*time.Second) }()
+	go func() { done <- s.Run(ctx, func() time.Duration { return 5 * time.Second }) }()
 	conn := dial(t, sock)
 	ask(t, conn, bufio.NewReader(conn), "mailbox alice@example.com")
 	start := time.Now()
@@ -391,7 +392,7 @@ func TestShutdownGrace(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx, 300*time.Millisecond) }()
+	go func() { done <- s.Run(ctx, func() time.Duration { return 300 * time.Millisecond }) }()
 	hog := dial(t, sock)
 	req := appendNetstring(nil, "alias sales@example.com")
 	go func() {
@@ -452,5 +453,47 @@ func TestReloadRenamesMap(t *testing.T) {
 	}
 	if got := ask(t, conn, r, "virtual alice@example.com"); got != "OK alice@example.com" {
 		t.Errorf("new name after reload: %q", got)
+	}
+}
+
+// TestBigBatchAfterPause: a batch whose replies overflow the write buffer,
+// sent after a pause longer than write_timeout, is answered in full (the
+// write deadline is renewed before bufio writes through by itself).
+func TestBigBatchAfterPause(t *testing.T) {
+	st, c := testStore(t)
+	_, sock := start(t, st, c, func(c *Config) { c.WriteTimeout = 200 * time.Millisecond })
+	conn := dial(t, sock)
+	r := bufio.NewReader(conn)
+	ask(t, conn, r, "mailbox alice@example.com")
+	time.Sleep(300 * time.Millisecond) // longer than write_timeout
+	var req []byte
+	for range 300 {
+		req = appendNetstring(req, "alias sales@example.com")
+	}
+	go conn.Write(req)
+	for i := range 300 {
+		got, err := readNetstring(r, MaxReply)
+		if err != nil || string(got) != "OK alice@example.com,friend@outside.org" {
+			t.Fatalf("reply %d: %q, %v", i, got, err)
+		}
+	}
+}
+
+// TestNeverReadingClientDropped: a client that sends and never reads is
+// disconnected after about write_timeout, freeing its slot.
+func TestNeverReadingClientDropped(t *testing.T) {
+	st, c := testStore(t)
+	_, sock := start(t, st, c, func(c *Config) { c.WriteTimeout = 200 * time.Millisecond })
+	conn := dial(t, sock)
+	req := appendNetstring(nil, "alias sales@example.com")
+	start := time.Now()
+	for {
+		conn.SetWriteDeadline(time.Now().Add(2 * time.Second))
+		if _, err := conn.Write(req); err != nil {
+			break // the server closed its side: we were dropped
+		}
+		if time.Since(start) > 10*time.Second {
+			t.Fatal("a client that never reads was not dropped within 10s")
+		}
 	}
 }
