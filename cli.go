@@ -16,6 +16,7 @@ import (
 
 	"golang.org/x/term"
 
+	"cyrus-sidecar/services/saslauthd"
 	"cyrus-sidecar/store"
 	"cyrus-sidecar/store/password"
 )
@@ -206,8 +207,30 @@ func (c *command) readPassword(fromStdin bool) (string, error) {
 	return pw, nil
 }
 
+// readSecret reads an existing password (one prompt, no confirmation) from
+// stdin (the first line) or the terminal without echo.
+func (c *command) readSecret(fromStdin bool, prompt string) (string, error) {
+	if !fromStdin {
+		if f, ok := c.std.in.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+			fmt.Fprint(c.std.err, prompt)
+			b, err := term.ReadPassword(int(f.Fd()))
+			fmt.Fprintln(c.std.err)
+			if err != nil {
+				return "", fmt.Errorf("read password: %w", err)
+			}
+			return string(b), nil
+		}
+	}
+	// Not a terminal: stdin is the password, as `auth test` documents.
+	return c.readPassword(true)
+}
+
 // hash hashes a new password with the configured parameters.
 func (c *command) hash(pw string) (store.Secret, error) {
+	if saslauthd.IsToken(pw) {
+		// The responder reads such a password as a single sign-on token.
+		return "", errors.New("a password cannot start with \"sct1.\" (that is how single sign-on tokens start)")
+	}
 	h, err := password.New(c.cfg.Password.Params())
 	if err != nil {
 		return "", err

@@ -13,6 +13,7 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"cyrus-sidecar/services/listen"
+	"cyrus-sidecar/services/saslauthd"
 	"cyrus-sidecar/services/socketmap"
 	"cyrus-sidecar/store"
 	"cyrus-sidecar/store/password"
@@ -32,6 +33,7 @@ type Config struct {
 	Serve    ServeConfig    `toml:"serve"`
 	Audit    AuditConfig    `toml:"audit"`
 
+	Saslauthd saslauthd.Config `toml:"saslauthd"`
 	Socketmap socketmap.Config `toml:"socketmap"`
 
 	// Where defaults put state and sockets: systemd's StateDirectory and
@@ -148,6 +150,7 @@ func defaultConfig(getenv func(string) string, cwd string) *Config {
 		Serve:    ServeConfig{ShutdownGrace: 10 * time.Second},
 		Audit:    AuditConfig{Retention: 90 * 24 * time.Hour, MaxRows: 1_000_000, PruneInterval: time.Hour},
 
+		Saslauthd: saslauthd.DefaultConfig(runtime),
 		Socketmap: socketmap.DefaultConfig(runtime),
 	}
 }
@@ -286,7 +289,7 @@ func (c *Config) validate() []fieldError {
 	for _, sec := range []struct {
 		name string
 		err  error
-	}{{"socketmap", c.Socketmap.Validate()}} {
+	}{{"saslauthd", c.Saslauthd.Validate()}, {"socketmap", c.Socketmap.Validate()}} {
 		if sec.err == nil {
 			continue
 		}

@@ -44,6 +44,8 @@ const usage = `usage: cyrus-sidecar COMMAND [ARGS] [-config FILE]
   user     add|passwd|set|disable|enable|del|show|list   users
   alias    add|del|list      aliases
   apppass  add|del|list      app passwords: one per device, limited services, optional expiry
+  auth     test ADDRESS      would this password log in? and if not, exactly why
+  token    issue ADDRESS     a single sign-on token for groupware (docs/sso-tokens.md)
   version                    print the version
 
 Run "cyrus-sidecar COMMAND -h" for a command's flags.`
@@ -69,6 +71,10 @@ func realMain(args []string, std stdio, getenv func(string) string) error {
 		return cmdAlias(rest, std, getenv)
 	case "apppass":
 		return cmdAppPass(rest, std, getenv)
+	case "auth":
+		return cmdAuth(rest, std, getenv)
+	case "token":
+		return cmdToken(rest, std, getenv)
 	case "version", "-version", "--version":
 		fmt.Fprintln(std.out, version())
 		return nil

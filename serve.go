@@ -14,8 +14,10 @@ import (
 	"github.com/oklog/run"
 	"golang.org/x/sys/unix"
 
+	"cyrus-sidecar/services/saslauthd"
 	"cyrus-sidecar/services/socketmap"
 	"cyrus-sidecar/store"
+	"cyrus-sidecar/store/password"
 )
 
 // service is what every supervised part of serve implements (STYLE.md §2):
@@ -96,6 +98,13 @@ func serve(cfg *Config, path string, log *slog.Logger, level *slog.LevelVar, sd 
 		{"audit", newHousekeeper(cfg, st, log.With("service", "audit"))},
 		// The saslauthd, lmtp and vacation services join here as their
 		// issues land.
+	}
+	if cfg.Saslauthd.Enabled {
+		svc, err := newSaslauthdService(cfg, st, canon, log.With("service", "saslauthd"), &current)
+		if err != nil {
+			return err
+		}
+		services = append(services, named{"saslauthd", svc})
 	}
 	if cfg.Socketmap.Enabled {
 		services = append(services, named{"socketmap", &socketmapService{
@@ -183,6 +192,41 @@ func (s *socketmapService) Run(ctx context.Context) error {
 }
 
 func (s *socketmapService) Reload(cfg *Config) { s.Service.Reload(cfg.Socketmap) }
+
+// saslauthdService adapts the saslauthd responder to serve's service; it
+// loads the token keys at start and on every reload.
+type saslauthdService struct {
+	*saslauthd.Service
+	cfg *atomic.Pointer[Config]
+	log *slog.Logger
+}
+
+func newSaslauthdService(cfg *Config, st *store.Store, canon store.Canon, log *slog.Logger, current *atomic.Pointer[Config]) (*saslauthdService, error) {
+	keys, err := saslauthd.LoadTokenKeys(cfg.Saslauthd.TokenKeys)
+	if err != nil {
+		return nil, fmt.Errorf("saslauthd token keys: %w", err)
+	}
+	h, err := password.New(cfg.Password.Params())
+	if err != nil {
+		return nil, err
+	}
+	return &saslauthdService{saslauthd.New(cfg.Saslauthd, keys, st, canon, h, log), current, log}, nil
+}
+
+func (s *saslauthdService) Run(ctx context.Context) error {
+	return s.Service.Run(ctx, s.cfg.Load().Serve.ShutdownGrace)
+}
+
+func (s *saslauthdService) Reload(cfg *Config) {
+	keys, err := saslauthd.LoadTokenKeys(cfg.Saslauthd.TokenKeys)
+	if err != nil {
+		// Keep serving with the keys we have: a bad key file must not
+		// log everybody out.
+		s.log.Error("token keys not reloaded, keeping the running ones", "err", err)
+		return
+	}
+	s.Service.Reload(cfg.Saslauthd, keys)
+}
 
 // stopOnSignal is run.SignalHandler with the handler installed at once, not
 // when the group starts: READY=1 goes out before g.Run, and a SIGTERM that

@@ -1,0 +1,321 @@
+package saslauthd
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"cyrus-sidecar/services/listen"
+	"cyrus-sidecar/store"
+	"cyrus-sidecar/store/password"
+)
+
+// Audit batching: attempts are written in one transaction per batch, off
+// the request path; a full queue drops records (counted and logged) rather
+// than slow down logins.
+const (
+	auditQueue = 4096
+	auditBatch = 256
+	auditEvery = 200 * time.Millisecond
+)
+
+// Service is the saslauthd-protocol responder.
+type Service struct {
+	cfg   atomic.Pointer[Config]
+	keys  atomic.Pointer[TokenKeys]
+	st    Store
+	log   *slog.Logger
+	ln    net.Listener
+	slots chan struct{}
+	au    *authenticator
+	lim   *limiter
+	audit chan store.LoginEvent
+	// dropped counts audit records lost to a full queue.
+	dropped   atomic.Int64
+	rehashes  sync.WaitGroup
+	rehashing sync.Map // address -> struct{}: one rehash per user at a time
+}
+
+// New makes the responder; Listen binds it. keys are the loaded token keys
+// (LoadTokenKeys of cfg.TokenKeys).
+func New(cfg Config, keys TokenKeys, st Store, canon store.Canon, hasher *password.Hasher, log *slog.Logger) *Service {
+	s := &Service{st: st, log: log, slots: make(chan struct{}, cfg.MaxConns),
+		lim:   newLimiter(cfg.FailDelay, cfg.FailDelayMax, cfg.FailWindow),
+		audit: make(chan store.LoginEvent, auditQueue)}
+	s.cfg.Store(&cfg)
+	s.keys.Store(&keys)
+	s.au = &authenticator{
+		st: st, canon: canon, hasher: hasher,
+		cache:   newVerifyCache(cfg.CacheEntries),
+		workers: make(chan struct{}, cfg.VerifyWorkers),
+		cfg:     s.cfg.Load,
+		keys:    func() TokenKeys { return *s.keys.Load() },
+		now:     time.Now,
+	}
+	s.au.rehash = s.rehash
+	return s
+}
+
+// Listen binds the socket.
+func (s *Service) Listen() error {
+	cfg := s.cfg.Load()
+	mode, err := listen.Mode(cfg.SocketMode)
+	if err != nil {
+		return err
+	}
+	ln, err := listen.Listen(cfg.Listen, listen.Options{Mode: mode, Group: cfg.SocketGroup})
+	if err != nil {
+		return err
+	}
+	s.ln = ln
+	s.log.Info("listening", "addr", cfg.Listen)
+	return nil
+}
+
+// Reload takes new limits, delays and token keys; the socket, the
+// connection limit, the worker count and the cache size need a restart.
+func (s *Service) Reload(cfg Config, keys TokenKeys) {
+	old := s.cfg.Load()
+	if old.Listen != cfg.Listen || old.SocketMode != cfg.SocketMode || old.SocketGroup != cfg.SocketGroup ||
+		old.MaxConns != cfg.MaxConns || old.VerifyWorkers != cfg.VerifyWorkers || old.CacheEntries != cfg.CacheEntries {
+		s.log.Warn("restart required for saslauthd listen, socket mode/group, max_connections, verify_workers and cache_entries")
+		cfg.Listen, cfg.SocketMode, cfg.SocketGroup = old.Listen, old.SocketMode, old.SocketGroup
+		cfg.MaxConns, cfg.VerifyWorkers, cfg.CacheEntries = old.MaxConns, old.VerifyWorkers, old.CacheEntries
+	}
+	s.lim.set(cfg.FailDelay, cfg.FailDelayMax, cfg.FailWindow)
+	s.keys.Store(&keys)
+	s.cfg.Store(&cfg)
+}
+
+// Authenticate is the decision without the wire, for `auth test`.
+func (s *Service) Authenticate(ctx context.Context, login, realm, service, pw string) Result {
+	return s.au.Authenticate(ctx, login, realm, service, pw)
+}
+
+// Run serves until ctx is cancelled; requests in progress finish within
+// grace. The audit writer drains last.
+func (s *Service) Run(ctx context.Context, grace time.Duration) error {
+	stop := context.AfterFunc(ctx, func() { s.ln.Close() })
+	defer stop()
+	var auditDone sync.WaitGroup
+	auditCtx, auditCancel := context.WithCancel(context.Background())
+	auditDone.Go(func() { s.writeAudit(auditCtx) })
+	var conns sync.WaitGroup
+	var pause time.Duration
+	for {
+		c, err := s.ln.Accept()
+		if ctx.Err() != nil {
+			if c != nil {
+				c.Close()
+			}
+			break
+		}
+		if err != nil {
+			pause = min(max(2*pause, 5*time.Millisecond), time.Second)
+			s.log.Warn("accept failed, retrying", "err", err, "pause", pause.String())
+			select {
+			case <-ctx.Done():
+			case <-time.After(pause):
+			}
+			continue
+		}
+		pause = 0
+		select {
+		case s.slots <- struct{}{}:
+		default:
+			// Over the limit: a fast NO, never a hang (Cyrus's client
+			// waits forever for an answer).
+			s.log.Warn("connection limit reached", "max_connections", cap(s.slots))
+			c.SetWriteDeadline(time.Now().Add(time.Second))
+			writeReply(c, false, "")
+			c.Close()
+			continue
+		}
+		conns.Go(func() {
+			defer func() { <-s.slots }()
+			s.serveConn(ctx, c)
+		})
+	}
+	done := make(chan struct{})
+	go func() { conns.Wait(); s.rehashes.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(grace):
+		s.log.Warn("shutdown grace over with requests still running")
+	}
+	auditCancel()
+	auditDone.Wait()
+	return nil
+}
+
+// serveConn answers the one request of a connection, as saslauthd does
+// (Cyrus opens a connection per authentication), and always answers a
+// well-formed request: Cyrus's client has no timeout of its own.
+func (s *Service) serveConn(ctx context.Context, c net.Conn) {
+	defer c.Close()
+	cfg := s.cfg.Load()
+	deadline := time.Now().Add(cfg.RequestTimeout)
+	c.SetDeadline(deadline)
+	answered := false
+	defer func() {
+		if p := recover(); p != nil {
+			s.log.Error("panic serving a request", "panic", p)
+			if !answered {
+				writeReply(c, false, "")
+			}
+		}
+	}()
+	br := bufio.NewReaderSize(c, 4096)
+	more := func() bool {
+		// Newer libsasl sends a fifth field, the client address; an older
+		// client sends four and waits. Wait briefly for a fifth, then
+		// answer (see readRequest).
+		wait := time.Now().Add(cfg.FifthFieldWait)
+		if wait.After(deadline) {
+			wait = deadline
+		}
+		c.SetReadDeadline(wait)
+		_, err := br.Peek(1)
+		c.SetReadDeadline(deadline)
+		return err == nil
+	}
+	req, err := readRequest(br, more)
+	switch {
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, os.ErrDeadlineExceeded):
+		return // nothing whole to answer
+	case err != nil:
+		// Too long, NUL, empty login or password: the request was whole
+		// but can never succeed. Answer like the reference server.
+		s.log.Warn("bad request", "err", err)
+		answered = true
+		writeReply(c, false, "")
+		return
+	}
+	res := s.authenticate(ctx, req)
+	answered = true
+	if err := writeReply(c, res.OK, ""); err != nil {
+		s.log.Debug("write reply", "err", err)
+	}
+}
+
+// authenticate adds the failure delay, the log line and the audit to the
+// decision.
+func (s *Service) authenticate(ctx context.Context, req Request) Result {
+	start := time.Now()
+	key := req.Login + "\x00" + req.Realm
+	if req.ClientAddr != "" {
+		key += "\x00" + req.ClientAddr
+	}
+	if d := s.lim.delay(key, start); d > 0 {
+		t := time.NewTimer(d)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+		}
+	}
+	res := s.au.Authenticate(ctx, req.Login, req.Realm, req.Service, req.Password)
+	if res.OK {
+		s.lim.success(key)
+	} else if res.Reason != reasonOverloaded && res.Reason != reasonStore {
+		s.lim.fail(key, time.Now())
+	}
+	login := res.User
+	if login == "" {
+		login = req.Login
+	}
+	result := store.ResultFail
+	if res.OK {
+		result = store.ResultOK
+		s.log.Info("auth ok", "user", login, "service", req.Service, "via", res.Via, "dur", time.Since(start))
+	} else {
+		s.log.Info("auth rejected", "user", login, "service", req.Service, "reason", res.Reason, "dur", time.Since(start))
+	}
+	// The cache hit path is the common one: its audit record costs a
+	// channel send.
+	select {
+	case s.audit <- store.LoginEvent{At: start, Login: login, Service: req.Service, Result: result,
+		Reason: res.Reason, Client: req.ClientAddr}:
+	default:
+		s.dropped.Add(1)
+	}
+	return res
+}
+
+// writeAudit batches audit records into the store until ctx ends, then
+// writes what is left.
+func (s *Service) writeAudit(ctx context.Context) {
+	var batch []store.LoginEvent
+	tick := time.NewTicker(auditEvery)
+	defer tick.Stop()
+	flush := func() {
+		if len(batch) == 0 {
+			return
+		}
+		wctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := s.st.RecordLogins(wctx, batch); err != nil {
+			s.log.Warn("audit write failed", "records", len(batch), "err", err)
+		}
+		batch = batch[:0]
+		if n := s.dropped.Swap(0); n > 0 {
+			s.log.Warn("audit records dropped: queue full", "records", n)
+		}
+	}
+	for {
+		select {
+		case e := <-s.audit:
+			batch = append(batch, e)
+			if len(batch) >= auditBatch {
+				flush()
+			}
+		case <-tick.C:
+			flush()
+		case <-ctx.Done():
+			for {
+				select {
+				case e := <-s.audit:
+					batch = append(batch, e)
+				default:
+					flush()
+					return
+				}
+			}
+		}
+	}
+}
+
+// rehash replaces a user's hash with one in the current scheme, off the
+// request path but inside a verify slot (it costs a full hash).
+func (s *Service) rehash(a store.Address, old store.Secret, pw string) {
+	if _, busy := s.rehashing.LoadOrStore(a.String(), struct{}{}); busy {
+		return
+	}
+	s.rehashes.Go(func() {
+		defer s.rehashing.Delete(a.String())
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if !s.au.acquire(ctx) {
+			return // busy: the next login tries again
+		}
+		defer s.au.release()
+		h, err := s.au.hasher.Hash(pw)
+		var done bool
+		if err == nil {
+			done, err = s.st.ReplacePasswordHash(ctx, a, old, store.Secret(h))
+		}
+		switch {
+		case err != nil:
+			s.log.Warn("rehash failed", "user", a.String(), "err", err)
+		case done:
+			s.log.Info("password rehashed to the current scheme", "user", a.String())
+		}
+	})
+}
