@@ -200,6 +200,9 @@ func (s *Service) serveConn(ctx context.Context, c net.Conn) {
 	}
 	res := s.authenticate(ctx, req)
 	answered = true
+	// The request's deadline covered reading and deciding; the answer gets
+	// a moment of its own, so a slow decision still reaches the client.
+	c.SetWriteDeadline(time.Now().Add(time.Second))
 	if err := writeReply(c, res.OK, ""); err != nil {
 		s.log.Debug("write reply", "err", err)
 	}
@@ -209,7 +212,12 @@ func (s *Service) serveConn(ctx context.Context, c net.Conn) {
 // decision.
 func (s *Service) authenticate(ctx context.Context, req Request) Result {
 	start := time.Now()
+	// Failures count per canonical login, so that "Alice" and "ALICE" are
+	// one account to the brake, as they are to Cyrus.
 	key := req.Login + "\x00" + req.Realm
+	if a, err := s.au.canon.Login(req.Login, req.Realm); err == nil {
+		key = a.String()
+	}
 	if req.ClientAddr != "" {
 		key += "\x00" + req.ClientAddr
 	}
