@@ -48,17 +48,11 @@ func (l *limiter) delay(key string, now time.Time) time.Duration {
 func (l *limiter) fail(key string, now time.Time) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if len(l.fails) >= maxTracked {
-		// Forget what is past the window; if that is not enough, start
-		// over (the delays are a brake, not a record).
-		for k, f := range l.fails {
-			if now.Sub(f.last) > l.window {
-				delete(l.fails, k)
-			}
-		}
-		if len(l.fails) >= maxTracked {
-			clear(l.fails)
-		}
+	if _, known := l.fails[key]; !known && len(l.fails) >= maxTracked && !l.evict(now) {
+		// Full of keys with several recent failures: leave those alone
+		// (a flood of junk logins must not wipe a victim's brake) and
+		// do not track this one.
+		return
 	}
 	f := l.fails[key]
 	if now.Sub(f.last) > l.window {
@@ -67,6 +61,23 @@ func (l *limiter) fail(key string, now time.Time) {
 	f.n++
 	f.last = now
 	l.fails[key] = f
+}
+
+// evict makes room for one key: something past the window, else a key
+// with a single failure, looking at a bounded sample (map order is random).
+// It must be called with l.mu held.
+func (l *limiter) evict(now time.Time) bool {
+	seen := 0
+	for k, f := range l.fails {
+		if now.Sub(f.last) > l.window || f.n <= 1 {
+			delete(l.fails, k)
+			return true
+		}
+		if seen++; seen >= 256 {
+			break
+		}
+	}
+	return false
 }
 
 func (l *limiter) success(key string) {

@@ -407,3 +407,22 @@ func TestTokenHonoursServices(t *testing.T) {
 		t.Errorf("malformed token: %+v", r)
 	}
 }
+
+// TestLimiterFlood: filling the failure table with junk logins does not
+// wipe the brake of a login under attack.
+func TestLimiterFlood(t *testing.T) {
+	l := newLimiter(time.Second, 8*time.Second, time.Hour)
+	now := time.Now()
+	for range 5 {
+		l.fail("victim", now)
+	}
+	for i := range maxTracked + 1000 {
+		l.fail(fmt.Sprint("junk", i), now)
+	}
+	if d := l.delay("victim", now); d != 8*time.Second {
+		t.Errorf("victim's delay after a flood: %v, want 8s", d)
+	}
+	if len(l.fails) > maxTracked {
+		t.Errorf("table grew to %d", len(l.fails))
+	}
+}
