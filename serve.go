@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -73,6 +74,12 @@ func serve(cfg *Config, path string, log *slog.Logger, level *slog.LevelVar, sd 
 	source := path
 	if source == "" {
 		source = "built-in defaults"
+	}
+	if getenv("GOMEMLIMIT") == "" {
+		// A soft heap limit: argon2id allocates a fresh buffer per verify
+		// (19 MiB by default), and the default GC pacing lets the heap
+		// double before collecting. GOMEMLIMIT in the environment wins.
+		debug.SetMemoryLimit(softMemoryLimit)
 	}
 	log.Info("starting", "version", version(), "config", source, "store", cfg.Store.Path,
 		"state_dir", cfg.StateDir, "runtime_dir", cfg.RuntimeDir, "default_domain", cfg.Cyrus.DefaultDomain)
@@ -173,6 +180,10 @@ func serve(cfg *Config, path string, log *slog.Logger, level *slog.LevelVar, sd 
 	}
 	return err
 }
+
+// softMemoryLimit keeps the heap of a busy responder near its live size;
+// see the README's note on memory.
+const softMemoryLimit = 64 << 20
 
 // drainSlack is what serve allows beyond shutdown_grace for the services
 // to notice it and close what is left (a quota check may still run its

@@ -44,23 +44,32 @@ func (s *Store) RecordLogins(ctx context.Context, es []LoginEvent) error {
 	if len(es) == 0 {
 		return nil
 	}
-	err := s.write(ctx, func(tx *sql.Tx) error {
-		stmt, err := tx.PrepareContext(ctx, `INSERT INTO login_audit (at, login, service, result, reason, client)
-			VALUES (?, ?, ?, ?, ?, ?)`)
-		if err != nil {
+	if len(es) > 1000 {
+		// SQLite's variable limit is far above 6000; bound the statement.
+		if err := s.RecordLogins(ctx, es[:1000]); err != nil {
 			return err
 		}
-		defer stmt.Close()
-		for _, e := range es {
-			if e.At.IsZero() {
-				e.At = time.Now()
-			}
-			if _, err := stmt.ExecContext(ctx, e.At.Unix(), trunc(e.Login), trunc(e.Service), e.Result,
-				trunc(e.Reason), trunc(e.Client)); err != nil {
-				return err
-			}
+		return s.RecordLogins(ctx, es[1000:])
+	}
+	// One multi-row INSERT per batch: per-row statements cost more than
+	// the row (the responder records every attempt).
+	const cols = 6
+	q := make([]byte, 0, 96+len(es)*16)
+	q = append(q, "INSERT INTO login_audit (at, login, service, result, reason, client) VALUES "...)
+	args := make([]any, 0, len(es)*cols)
+	for i, e := range es {
+		if i > 0 {
+			q = append(q, ',')
 		}
-		return nil
+		q = append(q, "(?,?,?,?,?,?)"...)
+		if e.At.IsZero() {
+			e.At = time.Now()
+		}
+		args = append(args, e.At.Unix(), trunc(e.Login), trunc(e.Service), e.Result, trunc(e.Reason), trunc(e.Client))
+	}
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, string(q), args...)
+		return err
 	})
 	if err != nil {
 		return fmt.Errorf("record logins: %w", err)

@@ -21,7 +21,10 @@ type Config struct {
 	// RequestTimeout bounds reading one request and answering it.
 	RequestTimeout time.Duration `toml:"request_timeout"`
 	// FifthFieldWait is how long to wait, after the fourth field, for the
-	// client address that newer libsasl sends as a fifth.
+	// client address that newer libsasl sends as a fifth. 0 (the default):
+	// a fifth field is read only when it came with the fourth, as libsasl
+	// sends all fields in one write; any wait would delay every login of a
+	// released (4-field) libsasl by that much.
 	FifthFieldWait time.Duration `toml:"fifth_field_wait"`
 	// VerifyWorkers bounds password hashes computed at once (about one per
 	// core: argon2id and bcrypt are CPU- and memory-bound).
@@ -58,7 +61,7 @@ func DefaultConfig(runtimeDir string) Config {
 		SocketMode:      "0666",
 		MaxConns:        1024,
 		RequestTimeout:  10 * time.Second,
-		FifthFieldWait:  30 * time.Millisecond,
+		FifthFieldWait:  0, // see the field's comment
 		VerifyWorkers:   runtime.NumCPU(),
 		VerifyQueueWait: 2 * time.Second,
 		CacheEntries:    100_000,

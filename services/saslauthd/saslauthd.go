@@ -174,6 +174,9 @@ func (s *Service) serveConn(ctx context.Context, c net.Conn) {
 	}()
 	br := bufio.NewReaderSize(c, 4096)
 	more := func() bool {
+		if cfg.FifthFieldWait <= 0 {
+			return false
+		}
 		// Newer libsasl sends a fifth field, the client address; an older
 		// client sends four and waits. Wait briefly for a fifth, then
 		// answer (see readRequest).
@@ -242,7 +245,9 @@ func (s *Service) authenticate(ctx context.Context, req Request) Result {
 	result := store.ResultFail
 	if res.OK {
 		result = store.ResultOK
-		s.log.Info("auth ok", "user", login, "service", req.Service, "via", res.Via, "dur", time.Since(start))
+		// Successes are in the audit; a log line each would cost more
+		// than a cached login itself. Failures are logged (fail2ban).
+		s.log.Debug("auth ok", "user", login, "service", req.Service, "via", res.Via, "dur", time.Since(start))
 	} else {
 		s.log.Info("auth rejected", "user", login, "service", req.Service, "reason", res.Reason, "dur", time.Since(start))
 	}
