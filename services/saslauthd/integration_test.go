@@ -115,7 +115,7 @@ func startReal(t *testing.T) *realEnv {
 	if testing.Verbose() {
 		w = io.MultiWriter(e.log, os.Stderr)
 	}
-	s := New(cfg, e.keys, e.st, e.canon, fastHasher(t), slog.New(slog.NewTextHandler(w, nil)))
+	s := New(cfg, e.keys, e.st, e.canon, fastHasher(t), slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	if err := s.Listen(); err != nil {
 		t.Fatal(err)
 	}
