@@ -1,11 +1,15 @@
 package listen
 
 import (
+	"context"
+	"io"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestCheck(t *testing.T) {
@@ -80,5 +84,53 @@ func TestMode(t *testing.T) {
 		if _, err := Mode(bad); err == nil {
 			t.Errorf("Mode(%q) accepted", bad)
 		}
+	}
+}
+
+func TestServer(t *testing.T) {
+	ln, err := Listen("unix:"+filepath.Join(t.TempDir(), "s.sock"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	srv := &Server{
+		Log:   slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Slots: make(chan struct{}, 1),
+		Busy:  func(c net.Conn) { c.Write([]byte("busy")) },
+		Handle: func(ctx context.Context, c net.Conn) {
+			c.Write([]byte("hello"))
+			// Ignores shutdown, like a request stuck on a silent
+			// client: only closing the connection ends it.
+			c.Read(make([]byte, 1))
+		},
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan int, 1)
+	go func() { done <- srv.Serve(ctx, ln, func() time.Duration { return 200 * time.Millisecond }) }()
+	first, err := net.Dial("unix", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	buf := make([]byte, 5)
+	if _, err := io.ReadFull(first, buf); err != nil || string(buf) != "hello" {
+		t.Fatalf("first: %q, %v", buf, err)
+	}
+	second, err := net.Dial("unix", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := io.ReadAll(second); string(b) != "busy" {
+		t.Errorf("over the limit: %q", b)
+	}
+	start := time.Now()
+	cancel()
+	select {
+	case n := <-done:
+		if n != 1 || time.Since(start) > 5*time.Second {
+			t.Errorf("Serve closed %d connections after %v, want 1 after the 200ms grace", n, time.Since(start))
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Serve did not return")
 	}
 }

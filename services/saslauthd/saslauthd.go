@@ -102,54 +102,16 @@ func (s *Service) Authenticate(ctx context.Context, login, realm, service, pw st
 // Run serves until ctx is cancelled; requests in progress finish within
 // grace. The audit writer drains last.
 func (s *Service) Run(ctx context.Context, grace time.Duration) error {
-	stop := context.AfterFunc(ctx, func() { s.ln.Close() })
-	defer stop()
 	var auditDone sync.WaitGroup
 	auditCtx, auditCancel := context.WithCancel(context.Background())
 	auditDone.Go(func() { s.writeAudit(auditCtx) })
-	var conns sync.WaitGroup
-	var pause time.Duration
-	for {
-		c, err := s.ln.Accept()
-		if ctx.Err() != nil {
-			if c != nil {
-				c.Close()
-			}
-			break
-		}
-		if err != nil {
-			pause = min(max(2*pause, 5*time.Millisecond), time.Second)
-			s.log.Warn("accept failed, retrying", "err", err, "pause", pause.String())
-			select {
-			case <-ctx.Done():
-			case <-time.After(pause):
-			}
-			continue
-		}
-		pause = 0
-		select {
-		case s.slots <- struct{}{}:
-		default:
-			// Over the limit: a fast NO, never a hang (Cyrus's client
-			// waits forever for an answer).
-			s.log.Warn("connection limit reached", "max_connections", cap(s.slots))
-			c.SetWriteDeadline(time.Now().Add(time.Second))
-			writeReply(c, false, "")
-			c.Close()
-			continue
-		}
-		conns.Go(func() {
-			defer func() { <-s.slots }()
-			s.serveConn(ctx, c)
-		})
+	srv := &listen.Server{Log: s.log, Slots: s.slots,
+		// A fast NO, never a hang: Cyrus's client waits forever.
+		Busy:   func(c net.Conn) { writeReply(c, false, "") },
+		Handle: s.serveConn,
 	}
-	done := make(chan struct{})
-	go func() { conns.Wait(); s.rehashes.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(grace):
-		s.log.Warn("shutdown grace over with requests still running")
-	}
+	srv.Serve(ctx, s.ln, func() time.Duration { return grace })
+	s.rehashes.Wait() // each is bounded by its own 30 s context
 	auditCancel()
 	auditDone.Wait()
 	return nil

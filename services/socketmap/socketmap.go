@@ -192,105 +192,19 @@ func (s *Service) Reload(cfg Config) {
 // request they are in within grace and closes the rest. It returns nil:
 // accept errors are retried, not fatal.
 func (s *Service) Run(ctx context.Context, grace func() time.Duration) error {
-	stop := context.AfterFunc(ctx, func() {
-		for _, ln := range s.lns {
-			ln.Close()
-		}
-	})
-	defer stop()
-	var conns connSet
-	var accepting sync.WaitGroup
+	srv := &listen.Server{Log: s.log, Slots: s.slots,
+		// A well-formed "try later" at once, never a hang (the client
+		// reads one reply to its one request).
+		Busy:   func(c net.Conn) { c.Write(appendNetstring(nil, "TEMP too many connections")) },
+		Handle: s.serveConn,
+	}
+	var wg sync.WaitGroup
 	for _, ln := range s.lns {
-		accepting.Go(func() { s.accept(ctx, ln, &conns) })
+		wg.Go(func() { srv.Serve(ctx, ln, grace) })
 	}
-	accepting.Wait()
-	done := make(chan struct{})
-	go func() { conns.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(grace()):
-		n := conns.closeAll()
-		s.log.Warn("shutdown grace over, connections closed", "dropped", n)
-		<-done
-	}
+	wg.Wait()
 	s.quota.Load().close()
 	return nil
-}
-
-// accept runs until ctx ends. Accept errors (out of file descriptors, say)
-// are logged and retried with a growing pause, never fatal: the listener
-// itself only fails when closed.
-func (s *Service) accept(ctx context.Context, ln net.Listener, conns *connSet) {
-	var pause time.Duration
-	for {
-		c, err := ln.Accept()
-		if ctx.Err() != nil {
-			if c != nil {
-				c.Close()
-			}
-			return
-		}
-		if err != nil {
-			pause = min(max(2*pause, 5*time.Millisecond), time.Second)
-			s.log.Warn("accept failed, retrying", "err", err, "pause", pause.String())
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(pause):
-			}
-			continue
-		}
-		pause = 0
-		select {
-		case s.slots <- struct{}{}:
-		default:
-			// Over the limit: a well-formed "try later" at once, never a
-			// hang (the client reads one reply to its one request).
-			s.log.Warn("connection limit reached", "max_connections", cap(s.slots))
-			c.SetWriteDeadline(time.Now().Add(time.Second))
-			c.Write(appendNetstring(nil, "TEMP too many connections"))
-			c.Close()
-			continue
-		}
-		conns.add(c)
-		conns.wg.Go(func() {
-			defer func() { <-s.slots }()
-			defer conns.remove(c)
-			s.serveConn(ctx, c)
-		})
-	}
-}
-
-// connSet tracks open connections so that shutdown can close the ones
-// still busy when the grace period ends.
-type connSet struct {
-	wg sync.WaitGroup
-	mu sync.Mutex
-	m  map[net.Conn]struct{}
-}
-
-func (cs *connSet) add(c net.Conn) {
-	cs.mu.Lock()
-	defer cs.mu.Unlock()
-	if cs.m == nil {
-		cs.m = make(map[net.Conn]struct{})
-	}
-	cs.m[c] = struct{}{}
-}
-
-func (cs *connSet) remove(c net.Conn) {
-	cs.mu.Lock()
-	defer cs.mu.Unlock()
-	delete(cs.m, c)
-}
-
-func (cs *connSet) closeAll() int {
-	cs.mu.Lock()
-	defer cs.mu.Unlock()
-	for c := range cs.m {
-		c.Close()
-	}
-	return len(cs.m)
 }
 
 // serveConn answers requests in order until EOF, an idle timeout, a
