@@ -69,13 +69,19 @@ type authenticator struct {
 	rehash  func(a store.Address, old store.Secret, pw string) // nil: no rehash
 }
 
-// Authenticate checks one login. err is only for trouble that is not the
-// client's (store down, overload); the result is then a NO with its reason.
+// Authenticate checks one login as the client sent it. Trouble that is not
+// the client's (store down, overload) is a NO with its own reason.
 func (au *authenticator) Authenticate(ctx context.Context, login, realm, service, pw string) Result {
 	a, err := au.canon.Login(login, realm)
 	if err != nil {
 		return Result{Reason: reasonMalformed}
 	}
+	return au.decide(ctx, a, service, pw)
+}
+
+// decide checks one login already canonicalised (the responder needs the
+// canonical login before deciding, for the failure brake).
+func (au *authenticator) decide(ctx context.Context, a store.Address, service, pw string) Result {
 	r := Result{User: a.String()}
 	service = strings.ToLower(service)
 	gen, err := au.st.Generation(ctx)
@@ -92,7 +98,9 @@ func (au *authenticator) Authenticate(ctx context.Context, login, realm, service
 	}
 	u, err := au.st.User(ctx, a)
 	if errors.Is(err, store.ErrNotFound) && cfg.AllowAliasLogin {
-		u, err = au.aliasUser(ctx, a)
+		// With an alias login the account is the user the alias reaches.
+		u, a, err = au.aliasUser(ctx, a)
+		r.User = a.String()
 	}
 	switch {
 	case errors.Is(err, store.ErrNotFound):
@@ -104,10 +112,6 @@ func (au *authenticator) Authenticate(ctx context.Context, login, realm, service
 	case err != nil:
 		r.Reason = reasonStore
 		return r
-	}
-	// With an alias login the account is the user the alias reaches.
-	if ua, err := au.canon.Login(u.Address, ""); err == nil {
-		a, r.User = ua, ua.String()
 	}
 	if u.Disabled {
 		au.dummy(ctx, pw)
@@ -151,19 +155,25 @@ func (au *authenticator) Authenticate(ctx context.Context, login, realm, service
 
 // aliasUser lets an alias that reaches exactly one enabled user log in as
 // that user (allow_alias_login).
-func (au *authenticator) aliasUser(ctx context.Context, a store.Address) (store.User, error) {
+// It returns the user and the user's address; a, unchanged, when there is
+// no such user.
+func (au *authenticator) aliasUser(ctx context.Context, a store.Address) (store.User, store.Address, error) {
 	res, err := au.st.Resolve(ctx, au.canon, a)
 	if err != nil {
-		return store.User{}, err
+		return store.User{}, a, err
 	}
 	if res.Kind != store.KindAlias || len(res.Users) != 1 {
-		return store.User{}, fmt.Errorf("alias %s: %w", a, store.ErrNotFound)
+		return store.User{}, a, fmt.Errorf("alias %s: %w", a, store.ErrNotFound)
 	}
-	u, err := au.canon.Login(res.Users[0], "")
+	ua, err := au.canon.Login(res.Users[0], "")
 	if err != nil {
-		return store.User{}, fmt.Errorf("alias %s: %w", a, store.ErrNotFound)
+		return store.User{}, a, fmt.Errorf("alias %s: %w", a, store.ErrNotFound)
 	}
-	return au.st.User(ctx, u)
+	u, err := au.st.User(ctx, ua)
+	if err != nil {
+		return u, a, err
+	}
+	return u, ua, nil
 }
 
 func (au *authenticator) token(r Result, tok, service string, now time.Time) Result {

@@ -177,10 +177,12 @@ func (s *Service) serveConn(ctx context.Context, c net.Conn) {
 // decision.
 func (s *Service) authenticate(ctx context.Context, req Request) Result {
 	start := time.Now()
-	// Failures count per canonical login, so that "Alice" and "ALICE" are
-	// one account to the brake, as they are to Cyrus.
+	// Canonicalised once, here: failures count per canonical login, so
+	// that "Alice" and "ALICE" are one account to the brake, as they are to
+	// Cyrus, and the decision takes the same address.
+	a, canonErr := s.au.canon.Login(req.Login, req.Realm)
 	key := req.Login + "\x00" + req.Realm
-	if a, err := s.au.canon.Login(req.Login, req.Realm); err == nil {
+	if canonErr == nil {
 		key = a.String()
 	}
 	if req.ClientAddr != "" {
@@ -194,7 +196,10 @@ func (s *Service) authenticate(ctx context.Context, req Request) Result {
 			t.Stop()
 		}
 	}
-	res := s.au.Authenticate(ctx, req.Login, req.Realm, req.Service, req.Password)
+	res := Result{Reason: reasonMalformed}
+	if canonErr == nil {
+		res = s.au.decide(ctx, a, req.Service, req.Password)
+	}
 	if res.OK {
 		s.lim.success(key)
 	} else if res.Reason != reasonOverloaded && res.Reason != reasonStore {
