@@ -8,7 +8,6 @@ package saslauthd
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -158,7 +157,7 @@ func benchSaslauthd(b *testing.B, dir, name, mech string, binds [][2]string) *be
 			if err != nil {
 				continue
 			}
-			if st, err := benchStat(pid); err == nil && st.pgrp == master && st.state != "Z" {
+			if st, err := lab.Stat(pid); err == nil && st.Pgrp == master && st.State != "Z" {
 				out = append(out, pid)
 			}
 		}
@@ -173,15 +172,15 @@ func benchSaslauthd(b *testing.B, dir, name, mech string, binds [][2]string) *be
 // left of its process group, process by process.
 func benchStopDaemon(b *testing.B, name string, master int) {
 	gone := func(pid int) bool {
-		st, err := benchStat(pid)
-		return err != nil || st.state == "Z"
+		st, err := lab.Stat(pid)
+		return err != nil || st.State == "Z"
 	}
 	group := func() []int {
 		var out []int
 		ents, _ := os.ReadDir("/proc")
 		for _, e := range ents {
 			if pid, err := strconv.Atoi(e.Name()); err == nil {
-				if st, err := benchStat(pid); err == nil && st.pgrp == master && st.state != "Z" {
+				if st, err := lab.Stat(pid); err == nil && st.Pgrp == master && st.State != "Z" {
 					out = append(out, pid)
 				}
 			}
@@ -209,7 +208,7 @@ func benchNoop(b *testing.B, dir string) *benchTarget {
 	sock := filepath.Join(dir, "noop.sock")
 	cmd := exec.Command(os.Args[0], "-test.run=^TestSaslauthdBenchNoop$", "-test.timeout=0")
 	cmd.Env = append(os.Environ(), benchNoopEnv+"="+sock)
-	pid := benchStart(b, "noop", cmd, dir)
+	pid := lab.StartNotify(b, "noop", cmd, dir, benchTimeout)
 	return &benchTarget{name: "noop", sock: sock, pids: func(testing.TB) []int { return []int{pid} }}
 }
 
@@ -329,7 +328,7 @@ func benchServe(b *testing.B, bin string, c benchServeConfig) *benchTarget {
 	cmd := exec.Command(bin, "serve", "-config", path)
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), "STATE_DIRECTORY="+dir, "RUNTIME_DIRECTORY="+dir)
-	pid := benchStart(b, c.name, cmd, dir)
+	pid := lab.StartNotify(b, c.name, cmd, dir, benchTimeout)
 	b.Logf("%s: serve pid %d, hash %s, config:\n%s", c.name, pid, password.Scheme(c.hash), conf.String())
 	return &benchTarget{name: c.name, sock: sock, pids: func(testing.TB) []int { return []int{pid} }}
 }
@@ -346,105 +345,4 @@ func benchArgon2Hash(b *testing.B) string {
 		b.Fatal(err)
 	}
 	return hash
-}
-
-// benchStart starts a server, waits for its READY=1 on $NOTIFY_SOCKET and
-// stops it (SIGTERM to its PID) at cleanup. Its output goes to dir/name.log,
-// shown if it fails to start.
-func benchStart(b *testing.B, name string, cmd *exec.Cmd, dir string) int {
-	notify := filepath.Join(dir, name+".notify")
-	nl, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: notify, Net: "unixgram"})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer nl.Close()
-	logPath := filepath.Join(dir, name+".log")
-	f, err := os.Create(logPath)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer f.Close() // the child has its own
-	cmd.Stdout, cmd.Stderr = f, f
-	cmd.Env = append(cmd.Env, "NOTIFY_SOCKET="+notify)
-	// Should the benchmark die without cleanup (a -timeout panic), the
-	// server goes with it.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		b.Fatalf("start %s: %v", name, err)
-	}
-	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }()
-	b.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(benchTimeout):
-			cmd.Process.Kill()
-			<-done
-			b.Errorf("%s did not stop within %v of SIGTERM; killed", name, benchTimeout)
-		}
-	})
-	buf := make([]byte, 512)
-	for deadline := time.Now().Add(3 * benchTimeout); ; {
-		nl.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
-		if n, err := nl.Read(buf); err == nil && bytes.Contains(buf[:n], []byte("READY=1")) {
-			return cmd.Process.Pid
-		}
-		select {
-		case <-done:
-			out, _ := os.ReadFile(logPath)
-			b.Fatalf("%s exited during start: %v\n%s", name, cmd.ProcessState, out)
-		default:
-		}
-		if time.Now().After(deadline) {
-			b.Fatalf("%s not ready within %v", name, 3*benchTimeout)
-		}
-	}
-}
-
-// benchProcStat is what the benchmark reads of /proc/PID/stat.
-type benchProcStat struct {
-	state        string
-	pgrp         int
-	utime, stime int64 // clock ticks
-}
-
-func benchStat(pid int) (benchProcStat, error) {
-	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return benchProcStat{}, err
-	}
-	// proc(5): "pid (comm) state ppid pgrp ..."; comm may hold spaces, so
-	// the fields are counted from the last ')'. state, pgrp, utime and
-	// stime are fields 3, 5, 14 and 15, here 0, 2, 11 and 12.
-	f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
-	if len(f) < 13 {
-		return benchProcStat{}, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f))
-	}
-	pgrp, err1 := strconv.Atoi(f[2])
-	utime, err2 := strconv.ParseInt(f[11], 10, 64)
-	stime, err3 := strconv.ParseInt(f[12], 10, 64)
-	if err1 != nil || err2 != nil || err3 != nil {
-		return benchProcStat{}, fmt.Errorf("/proc/%d/stat: pgrp %q, utime %q, stime %q", pid, f[2], f[11], f[12])
-	}
-	return benchProcStat{state: f[0], pgrp: pgrp, utime: utime, stime: stime}, nil
-}
-
-// benchHWM is a process's peak resident set size (VmHWM) in KiB, or 0 if
-// it is gone.
-func benchHWM(b *testing.B, pid int) int64 {
-	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
-	if err != nil {
-		return 0
-	}
-	for l := range strings.Lines(string(data)) {
-		if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
-			kib, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-			if err != nil {
-				b.Fatalf("/proc/%d/status: VmHWM %q", pid, v)
-			}
-			return kib
-		}
-	}
-	return 0
 }

@@ -26,7 +26,6 @@ package saslauthd
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"runtime"
 	"slices"
@@ -38,6 +37,8 @@ import (
 	"time"
 
 	"cyrus-sidecar/store/password"
+
+	"cyrus-sidecar/e2e/lab"
 )
 
 const (
@@ -101,7 +102,7 @@ func BenchmarkSaslauthd(b *testing.B) {
 			b.Fatalf("%s: %q, %v; want OK", tg.name, reply, err)
 		}
 	}
-	per := benchPer()
+	per := lab.BenchTime()
 	all := make(map[benchLoad]benchCaseResult)
 	for _, ld := range benchLoads {
 		b.Run(ld.String(), func(b *testing.B) {
@@ -282,9 +283,13 @@ func benchCollect(b *testing.B, tg *benchTarget, pool []*benchClient, before map
 	}
 	r.rate = float64(r.n) / busy.Seconds()
 	r.cpu = float64(ticks) * 1e6 / benchTicksPerSec / float64(max(1, r.n))
-	r.p50, r.p99 = benchPercentile(lat, 50), benchPercentile(lat, 99)
+	r.p50, r.p99 = lab.Percentile(lat, 50), lab.Percentile(lat, 99)
 	for _, pid := range tg.pids(b) {
-		r.rss += benchHWM(b, pid)
+		kib, err := lab.PeakRSS(pid)
+		if err != nil {
+			b.Fatal(err)
+		}
+		r.rss += kib
 		r.srv++
 	}
 	return r
@@ -499,28 +504,9 @@ func benchAsk(sock string, req, buf []byte) (string, error) {
 func benchCPU(b *testing.B, tg *benchTarget) map[int]int64 {
 	out := make(map[int]int64)
 	for _, pid := range tg.pids(b) {
-		if st, err := benchStat(pid); err == nil { // else it exited meanwhile
-			out[pid] = st.utime + st.stime
+		if st, err := lab.Stat(pid); err == nil { // else it exited meanwhile
+			out[pid] = st.CPU
 		}
 	}
 	return out
-}
-
-// benchPercentile is the nearest-rank percentile of sorted durations.
-func benchPercentile(sorted []time.Duration, p int) time.Duration {
-	if len(sorted) == 0 {
-		return 0
-	}
-	return sorted[max(0, (len(sorted)*p+99)/100-1)]
-}
-
-// benchPer is each target's measured time per case: -test.benchtime when
-// it is a duration, else one second.
-func benchPer() time.Duration {
-	if f := flag.Lookup("test.benchtime"); f != nil {
-		if d, err := time.ParseDuration(f.Value.String()); err == nil && d > 0 {
-			return d
-		}
-	}
-	return time.Second
 }

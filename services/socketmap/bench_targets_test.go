@@ -7,9 +7,7 @@ package socketmap
 
 import (
 	"bufio"
-	"bytes"
 	"context"
-	"flag"
 	"fmt"
 	"net"
 	"os"
@@ -56,7 +54,8 @@ func benchSmmapd(b *testing.B) *benchTarget {
 			if err != nil || filepath.Base(args[0]) != "smmapd" || !slices.Contains(args, cy.ConfPath) {
 				continue
 			}
-			if ticks, err := benchProcCPU(pid); err == nil { // else it exited meanwhile
+			if st, err := lab.Stat(pid); err == nil { // else it exited meanwhile
+				ticks := st.CPU
 				out[pid] = ticks
 			}
 		}
@@ -91,7 +90,7 @@ func benchNoop(b *testing.B, dir string) *benchTarget {
 	sock := filepath.Join(dir, "noop.sock")
 	cmd := exec.Command(os.Args[0], "-test.run=^TestSocketmapBenchNoop$", "-test.timeout=0")
 	cmd.Env = append(os.Environ(), benchNoopEnv+"="+sock)
-	pid := benchStart(b, "noop", cmd, dir)
+	pid := lab.StartNotify(b, "noop", cmd, dir, benchTimeout)
 	return &benchTarget{name: "noop", sock: sock, cpu: benchPIDCPU(pid)}
 }
 
@@ -211,93 +210,18 @@ mailbox = "cyrus"
 	cmd := exec.Command(bin, "serve", "-config", conf)
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), "STATE_DIRECTORY="+dir, "RUNTIME_DIRECTORY="+dir)
-	pid := benchStart(b, "ours", cmd, dir)
+	pid := lab.StartNotify(b, "ours", cmd, dir, benchTimeout)
 	return &benchTarget{name: "ours", sock: sock, cpu: benchPIDCPU(pid)}
-}
-
-// benchStart starts a server, waits for its READY=1 on $NOTIFY_SOCKET and
-// stops it (SIGTERM to its PID) at cleanup. Its output goes to dir/name.log,
-// shown if it fails to start.
-func benchStart(b *testing.B, name string, cmd *exec.Cmd, dir string) int {
-	notify := filepath.Join(dir, name+".notify")
-	nl, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: notify, Net: "unixgram"})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer nl.Close()
-	logPath := filepath.Join(dir, name+".log")
-	f, err := os.Create(logPath)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer f.Close() // the child has its own
-	cmd.Stdout, cmd.Stderr = f, f
-	cmd.Env = append(cmd.Env, "NOTIFY_SOCKET="+notify)
-	// Should the benchmark die without cleanup (a -timeout panic), the
-	// server goes with it.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		b.Fatalf("start %s: %v", name, err)
-	}
-	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }()
-	b.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(benchTimeout):
-			cmd.Process.Kill()
-			<-done
-			b.Errorf("%s did not stop within %v of SIGTERM; killed", name, benchTimeout)
-		}
-	})
-	buf := make([]byte, 512)
-	for deadline := time.Now().Add(3 * benchTimeout); ; {
-		nl.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
-		if n, err := nl.Read(buf); err == nil && bytes.Contains(buf[:n], []byte("READY=1")) {
-			return cmd.Process.Pid
-		}
-		select {
-		case <-done:
-			out, _ := os.ReadFile(logPath)
-			b.Fatalf("%s exited during start: %v\n%s", name, cmd.ProcessState, out)
-		default:
-		}
-		if time.Now().After(deadline) {
-			b.Fatalf("%s not ready within %v", name, 3*benchTimeout)
-		}
-	}
 }
 
 func benchPIDCPU(pid int) func(testing.TB) map[int]int64 {
 	return func(t testing.TB) map[int]int64 {
-		ticks, err := benchProcCPU(pid)
+		st, err := lab.Stat(pid)
 		if err != nil {
 			t.Fatal(err)
 		}
-		return map[int]int64{pid: ticks}
+		return map[int]int64{pid: st.CPU}
 	}
-}
-
-// benchProcCPU returns utime+stime of a process (all its threads), in ticks.
-func benchProcCPU(pid int) (int64, error) {
-	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0, err
-	}
-	// proc(5): "pid (comm) state ppid ..."; comm may hold spaces, so the
-	// fields are counted from the last ')'. utime and stime are fields 14
-	// and 15, here 11 and 12.
-	f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
-	if len(f) < 13 {
-		return 0, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f))
-	}
-	utime, err1 := strconv.ParseInt(f[11], 10, 64)
-	stime, err2 := strconv.ParseInt(f[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("/proc/%d/stat: utime %q, stime %q", pid, f[11], f[12])
-	}
-	return utime + stime, nil
 }
 
 // benchCPUDelta sums the CPU each process used between two snapshots; one
@@ -309,25 +233,6 @@ func benchCPUDelta(before, after map[int]int64) int64 {
 		d += t - before[pid]
 	}
 	return d
-}
-
-// benchPercentile is the nearest-rank percentile of sorted durations.
-func benchPercentile(sorted []time.Duration, p int) time.Duration {
-	if len(sorted) == 0 {
-		return 0
-	}
-	return sorted[max(0, (len(sorted)*p+99)/100-1)]
-}
-
-// benchPer is each target's measured time per case: -test.benchtime when
-// it is a duration, else one second.
-func benchPer() time.Duration {
-	if f := flag.Lookup("test.benchtime"); f != nil {
-		if d, err := time.ParseDuration(f.Value.String()); err == nil && d > 0 {
-			return d
-		}
-	}
-	return time.Second
 }
 
 func benchUser(i int) string { return fmt.Sprintf("user%d@example.com", i) }

@@ -23,6 +23,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"cyrus-sidecar/e2e/lab"
 )
 
 const (
@@ -70,7 +72,7 @@ func BenchmarkSocketmap(b *testing.B) {
 		}
 		pool[0].c.Close()
 	}
-	per := benchPer()
+	per := lab.BenchTime()
 	for _, n := range []int{1, 8, 64} {
 		b.Run(fmt.Sprintf("conns=%d", n), func(b *testing.B) { benchPersistent(b, targets, keys, n, per) })
 	}
@@ -114,7 +116,7 @@ func benchPersistent(b *testing.B, targets []*benchTarget, keys benchKeys, conns
 		ticks := benchCPUDelta(before[i], tg.cpu(b))
 		rates[i] = float64(len(lat)) / busy[i].Seconds()
 		cpus[i] = float64(ticks) * 1e6 / benchTicksPerSec / float64(len(lat))
-		p50, p99 := benchPercentile(lat, 50), benchPercentile(lat, 99)
+		p50, p99 := lab.Percentile(lat, 50), lab.Percentile(lat, 99)
 		b.ReportMetric(rates[i], tg.name+"-lookups/s")
 		b.ReportMetric(float64(p50.Microseconds()), tg.name+"-p50-µs")
 		b.ReportMetric(float64(p99.Microseconds()), tg.name+"-p99-µs")
@@ -159,7 +161,7 @@ func benchConnect(b *testing.B, targets []*benchTarget, keys benchKeys, per time
 	b.StopTimer()
 	for i, tg := range targets {
 		slices.Sort(times[i])
-		p50, worst := benchPercentile(times[i], 50), times[i][len(times[i])-1]
+		p50, worst := lab.Percentile(times[i], 50), times[i][len(times[i])-1]
 		b.ReportMetric(float64(p50.Microseconds())/1e3, tg.name+"-p50-ms")
 		b.ReportMetric(float64(worst.Microseconds())/1e3, tg.name+"-max-ms")
 		b.Logf("%-6s %d bursts of %d: all answered after p50 %v, max %v", tg.name, len(times[i]), benchBurst,
