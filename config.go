@@ -106,14 +106,6 @@ type AuditConfig struct {
 // Addr is a listen or connect address: "unix:/absolute/path" or "host:port".
 type Addr string
 
-// Network splits an address for net.Dial and net.Listen.
-func (a Addr) Network() (network, address string) {
-	if p, ok := strings.CutPrefix(string(a), "unix:"); ok {
-		return "unix", p
-	}
-	return "tcp", string(a)
-}
-
 // check explains what is wrong with a, or returns "".
 func (a Addr) check() string { return listen.Check(string(a)) }
 

@@ -483,28 +483,6 @@ func FuzzVerifyToken(f *testing.F) {
 	})
 }
 
-// docSnippet returns the fenced code between "<!-- snippet: name -->" and
-// "<!-- /snippet -->" in docs/sso-tokens.md, without the fence lines.
-func docSnippet(t testing.TB, name string) string {
-	t.Helper()
-	data, err := os.ReadFile(filepath.Join(lab.RepoRoot(t), "docs/sso-tokens.md"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	open := "<!-- snippet: " + name + " -->"
-	if n := strings.Count(string(data), open); n != 1 {
-		t.Fatalf("docs/sso-tokens.md has %d %q markers, want 1", n, open)
-	}
-	_, rest, _ := strings.Cut(string(data), open)
-	body, _, ok := strings.Cut(rest, "<!-- /snippet -->")
-	if !ok {
-		t.Fatalf("docs/sso-tokens.md: %q is not closed by <!-- /snippet -->", open)
-	}
-	body = strings.TrimSpace(body)
-	_, body, _ = strings.Cut(body, "\n") // the opening fence and its language
-	return strings.TrimSuffix(body, "```")
-}
-
 // TestTokenVectorInDocs: the vector table in the docs is the one tested here.
 func TestTokenVectorInDocs(t *testing.T) {
 	table := docSnippet(t, "vector")
@@ -590,4 +568,10 @@ func TestDocsShell(t *testing.T) {
 	if err := VerifyToken(keys, tok, vecUser, vecService, time.Now(), time.Hour); err != nil {
 		t.Errorf("token from mint-token %q: %v", tok, err)
 	}
+}
+
+// docSnippet is a snippet of docs/sso-tokens.md (see lab.DocSnippet).
+func docSnippet(t testing.TB, name string) string {
+	t.Helper()
+	return lab.DocSnippet(t, "docs/sso-tokens.md", name)
 }

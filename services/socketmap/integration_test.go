@@ -33,32 +33,6 @@ import (
 // tests put their own in its place.
 const docSockPath = "/run/cyrus-sidecar/socketmap.sock"
 
-// docSnippet returns the fenced code between "<!-- snippet: name -->" and
-// "<!-- /snippet -->" in docs/socketmap.md, without the fence lines; a
-// snippet that is not fenced (a table) is returned whole.
-func docSnippet(t testing.TB, name string) string {
-	t.Helper()
-	data, err := os.ReadFile(filepath.Join(lab.RepoRoot(t), "docs/socketmap.md"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	open := "<!-- snippet: " + name + " -->"
-	if n := strings.Count(string(data), open); n != 1 {
-		t.Fatalf("docs/socketmap.md has %d %q markers, want 1", n, open)
-	}
-	_, rest, _ := strings.Cut(string(data), open)
-	body, _, ok := strings.Cut(rest, "<!-- /snippet -->")
-	if !ok {
-		t.Fatalf("docs/socketmap.md: %q is not closed by <!-- /snippet -->", open)
-	}
-	body = strings.TrimSpace(body)
-	if strings.HasPrefix(body, "```") {
-		_, body, _ = strings.Cut(body, "\n")   // the opening fence and its language
-		body = strings.TrimSuffix(body, "```") // the closing fence
-	}
-	return body
-}
-
 // labStore is a real store with the directory every test here uses:
 //
 //	example.com (Acme): alice, bob (disabled), full, new; sales -> alice, friend@outside.org
@@ -702,4 +676,10 @@ func alive(pid int) bool {
 	}
 	fields := strings.Fields(string(data[strings.LastIndexByte(string(data), ')')+1:]))
 	return len(fields) > 0 && fields[0] != "Z"
+}
+
+// docSnippet is a snippet of docs/socketmap.md (see lab.DocSnippet).
+func docSnippet(t testing.TB, name string) string {
+	t.Helper()
+	return lab.DocSnippet(t, "docs/socketmap.md", name)
 }
