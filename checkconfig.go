@@ -37,6 +37,7 @@ func cmdCheckConfig(args []string, std stdio, getenv func(string) string) error 
 		{"cyrus.lmtp", string(cfg.Cyrus.LMTP)},
 		{"log", fmt.Sprintf("%s, %s", cfg.Log.Format, slog.Level(cfg.Log.Level))},
 		{"saslauthd", onOff(cfg.Saslauthd.Enabled, cfg.Saslauthd.Listen)},
+		{"lmtp", onOff(cfg.LMTP.Enabled, strings.Join(cfg.LMTP.Listen, " "))},
 		{"socketmap", onOff(cfg.Socketmap.Enabled, strings.Join(cfg.Socketmap.Listen, " "))},
 	})
 }

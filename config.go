@@ -13,6 +13,7 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"cyrus-sidecar/services/listen"
+	"cyrus-sidecar/services/lmtp"
 	"cyrus-sidecar/services/saslauthd"
 	"cyrus-sidecar/services/socketmap"
 	"cyrus-sidecar/store"
@@ -34,6 +35,7 @@ type Config struct {
 	Audit    AuditConfig    `toml:"audit"`
 
 	Saslauthd saslauthd.Config `toml:"saslauthd"`
+	LMTP      lmtp.Config      `toml:"lmtp"`
 	Socketmap socketmap.Config `toml:"socketmap"`
 
 	// Where defaults put state and sockets: systemd's StateDirectory and
@@ -143,6 +145,7 @@ func defaultConfig(getenv func(string) string, cwd string) *Config {
 		Audit:    AuditConfig{Retention: 90 * 24 * time.Hour, MaxRows: 1_000_000, PruneInterval: time.Hour},
 
 		Saslauthd: saslauthd.DefaultConfig(runtime),
+		LMTP:      lmtp.DefaultConfig(),
 		Socketmap: socketmap.DefaultConfig(runtime),
 	}
 }
@@ -281,7 +284,7 @@ func (c *Config) validate() []fieldError {
 	for _, sec := range []struct {
 		name string
 		err  error
-	}{{"saslauthd", c.Saslauthd.Validate()}, {"socketmap", c.Socketmap.Validate()}} {
+	}{{"saslauthd", c.Saslauthd.Validate()}, {"lmtp", c.LMTP.Validate()}, {"socketmap", c.Socketmap.Validate()}} {
 		if sec.err == nil {
 			continue
 		}

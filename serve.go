@@ -15,6 +15,7 @@ import (
 	"github.com/oklog/run"
 	"golang.org/x/sys/unix"
 
+	"cyrus-sidecar/services/lmtp"
 	"cyrus-sidecar/services/saslauthd"
 	"cyrus-sidecar/services/socketmap"
 	"cyrus-sidecar/store"
@@ -113,6 +114,10 @@ func serve(cfg *Config, path string, log *slog.Logger, level *slog.LevelVar, sd 
 		}
 		services = append(services, named{"saslauthd", svc})
 	}
+	if cfg.LMTP.Enabled {
+		services = append(services, named{"lmtp", &lmtpService{
+			lmtp.New(cfg.LMTP, string(cfg.Cyrus.LMTP), st, canon, log.With("service", "lmtp")), &current}})
+	}
 	if cfg.Socketmap.Enabled {
 		services = append(services, named{"socketmap", &socketmapService{
 			socketmap.New(cfg.Socketmap, st, canon, log.With("service", "socketmap")), &current}})
@@ -203,6 +208,18 @@ func (s *socketmapService) Run(ctx context.Context) error {
 }
 
 func (s *socketmapService) Reload(cfg *Config) { s.Service.Reload(cfg.Socketmap) }
+
+// lmtpService adapts the LMTP proxy to serve's service.
+type lmtpService struct {
+	*lmtp.Service
+	cfg *atomic.Pointer[Config]
+}
+
+func (s *lmtpService) Run(ctx context.Context) error {
+	return s.Service.Run(ctx, func() time.Duration { return s.cfg.Load().Serve.ShutdownGrace })
+}
+
+func (s *lmtpService) Reload(cfg *Config) { s.Service.Reload(cfg.LMTP) }
 
 // saslauthdService adapts the saslauthd responder to serve's service; it
 // loads the token keys at start and on every reload.

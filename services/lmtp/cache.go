@@ -1,0 +1,92 @@
+package lmtp
+
+import (
+	"context"
+	"net"
+	"sync"
+	"time"
+
+	"cyrus-sidecar/store"
+)
+
+// cacheEntries bounds the recipient cache; when full it starts over.
+const cacheEntries = 50_000
+
+// cache keeps recipient resolutions for one store generation: any committed
+// change, from any process (the CLI included), empties it before the next
+// lookup, so a callout never sees a stale answer.
+type cache struct {
+	mu      sync.Mutex
+	gen     int64
+	entries map[string]store.Resolution
+}
+
+// resolve looks a recipient up, through the cache.
+func (s *Service) resolve(ctx context.Context, a store.Address) (store.Resolution, error) {
+	gen, err := s.st.Generation(ctx)
+	if err != nil {
+		return store.Resolution{}, err
+	}
+	key := a.String() // the +detail does not change who it is
+	c := &s.cache
+	c.mu.Lock()
+	if c.gen != gen || len(c.entries) >= cacheEntries {
+		c.gen, c.entries = gen, make(map[string]store.Resolution)
+	}
+	r, ok := c.entries[key]
+	c.mu.Unlock()
+	if ok {
+		return r, nil
+	}
+	r, err = s.st.Resolve(ctx, s.canon, a)
+	if err != nil {
+		return r, err
+	}
+	c.mu.Lock()
+	if c.gen == gen {
+		c.entries[key] = r
+	}
+	c.mu.Unlock()
+	return r, nil
+}
+
+// idle is called when a session has no transaction any more: during the
+// shutdown drain, its wait for the next command ends now rather than at
+// the end of the grace.
+func (s *Service) idle(c net.Conn) {
+	if s.draining.Load() {
+		c.SetReadDeadline(time.Now())
+	}
+}
+
+// sessions tracks open sessions so that the drain can wake the idle ones.
+type sessions struct {
+	mu  sync.Mutex
+	all map[*session]struct{}
+}
+
+func (ss *sessions) add(x *session) {
+	ss.mu.Lock()
+	if ss.all == nil {
+		ss.all = make(map[*session]struct{})
+	}
+	ss.all[x] = struct{}{}
+	ss.mu.Unlock()
+}
+
+func (ss *sessions) remove(x *session) {
+	ss.mu.Lock()
+	delete(ss.all, x)
+	ss.mu.Unlock()
+}
+
+// wakeIdle ends the wait of every session outside a transaction.
+func (ss *sessions) wakeIdle() {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	for x := range ss.all {
+		if !x.busy.Load() {
+			x.conn.SetReadDeadline(time.Now())
+		}
+	}
+}

@@ -1,0 +1,236 @@
+package lmtp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"cyrus-sidecar/store"
+)
+
+// storeTimeout bounds one store lookup during a command; Exim waits 30 s
+// for a callout's answer.
+const storeTimeout = 20 * time.Second
+
+// session is one client connection's state. go-smtp keeps only the
+// recipients we accepted, in order; rcpts mirrors that list.
+type session struct {
+	s     *Service
+	conn  net.Conn
+	cfg   *Config
+	from  string
+	opts  *smtp.MailOptions
+	rcpts []recipient
+	busy  atomic.Bool // in a transaction: the drain lets it finish
+}
+
+// recipient is one accepted RCPT: the address as the client wrote it (the
+// key go-smtp's StatusCollector wants) and the Cyrus mailboxes it reaches.
+type recipient struct {
+	rcpt  string
+	users []string // Cyrus RCPT forms: the user, with its +detail for a user's own address
+	org   string
+}
+
+// Reset forgets the transaction (RSET, a new LHLO, or after DATA).
+func (ss *session) Reset() {
+	ss.from, ss.opts, ss.rcpts = "", nil, nil
+	ss.busy.Store(false)
+	ss.s.idle(ss.conn)
+}
+
+func (ss *session) Logout() error {
+	ss.s.sessions.remove(ss)
+	return nil
+}
+
+// Mail accepts any reverse path go-smtp parsed, the null sender above all:
+// callouts use it, and refusing it would make Exim mark the whole domain
+// as failing (its domain cache, 3 h).
+func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
+	ss.cfg = ss.s.cfg.Load() // a reload applies from the next transaction
+	if limit := ss.s.limit.Load(); opts != nil && opts.Size > limit {
+		return &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4},
+			Message: fmt.Sprintf("Message size exceeds the limit of %d bytes", limit)}
+	}
+	ss.from, ss.opts = from, opts
+	ss.busy.Store(true)
+	return nil
+}
+
+// Rcpt answers from the store (RFC 2033 §4.2 wants the truth at RCPT: Exim's
+// callout=random probes a made-up local part and, were it accepted, would
+// skip every later callout for the domain). Only recipients the store knows
+// are ever shown to Cyrus, which would otherwise autocreate mailboxes.
+func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+	ctx, cancel := context.WithTimeout(ss.s.hard, storeTimeout)
+	defer cancel()
+	a, err := ss.s.canon.Address(to)
+	if err != nil {
+		return &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 1, 3}, Message: "Malformed mailbox address"}
+	}
+	r, err := ss.s.resolve(ctx, a)
+	if err != nil {
+		ss.s.log.Error("recipient lookup failed", "rcpt", a.String(), "err", err)
+		return errStore
+	}
+	switch {
+	case !r.Hosted:
+		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "Relay not permitted: domain not hosted here"}
+	case r.Kind == store.KindUser && r.Disabled:
+		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 2, 1}, Message: "Mailbox disabled"}
+	case len(r.Remote) > 0:
+		// We deliver into Cyrus only: an outside target would be
+		// dropped. Deferred, so the mail waits while the MTA is
+		// configured to expand aliases itself (docs/lmtp.md).
+		ss.s.log.Error("alias with outside targets reached the LMTP proxy; let the MTA expand aliases", "rcpt", a.String())
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 5}, Message: "Alias has outside targets; the MTA must expand it"}
+	case len(r.Users) == 0:
+		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "User unknown"}
+	}
+	rc := recipient{rcpt: to, org: r.Org, users: r.Users}
+	if r.Kind == store.KindUser && a.Detail() != "" {
+		// Cyrus files user+folder@domain into the folder.
+		rc.users = []string{a.Local() + "+" + a.Detail() + "@" + a.Domain()}
+	}
+	if ss.cfg.CheckQuota {
+		if err := ss.checkCyrus(ctx, rc.users); err != nil {
+			return err
+		}
+	}
+	ss.rcpts = append(ss.rcpts, rc)
+	return nil
+}
+
+// checkCyrus asks Cyrus lmtpd about each mailbox (MAIL FROM:<>, RCPT, RSET)
+// and relays a refusal such as 452 4.2.2 over quota.
+func (ss *session) checkCyrus(ctx context.Context, users []string) error {
+	var size int64
+	if ss.opts != nil {
+		size = ss.opts.Size
+	}
+	for _, u := range users {
+		reply, err := ss.s.up.check(ctx, u, size)
+		if err != nil {
+			ss.s.log.Warn("Cyrus quota check failed", "rcpt", u, "err", err)
+			return unavailable(err)
+		}
+		if reply.Code/100 != 2 {
+			return reply.SMTPError()
+		}
+	}
+	return nil
+}
+
+// Data is never called: go-smtp calls LMTPData for LMTP servers.
+func (ss *session) Data(io.Reader) error {
+	return &smtp.SMTPError{Code: 502, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "DATA without LMTP"}
+}
+
+// LMTPData spools the whole message first, so that nothing reaches Cyrus
+// before the client's end of data and a client that goes away mid-message
+// leaves nothing behind; then it delivers and sets one status per RCPT, in
+// order, each Cyrus's own verdict or a 4xx (RFC 2033 §4.2).
+func (ss *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
+	defer ss.s.idle(ss.conn)
+	cfg := ss.cfg
+	b, err := readBody(ss.dataReader(r), bodyPolicy{
+		Lenient: cfg.LineEndings == "lenient", MaxLine: cfg.MaxLine, MaxBytes: ss.s.limit.Load(),
+		MemLimit: cfg.SpoolMemory, Dir: cfg.SpoolDir, StripHeader: cfg.RelationHeader,
+	})
+	if err != nil {
+		return bodyError(err)
+	}
+	defer b.Close()
+	ctx := ss.s.hard
+	relations, err := ss.relations(ctx)
+	if err != nil {
+		ss.s.log.Error("sender lookup failed", "err", err)
+		return errStore
+	}
+	verdicts := ss.deliver(ctx, b, relations)
+	for i, rc := range ss.rcpts {
+		status.SetStatus(rc.rcpt, verdicts[i])
+	}
+	return nil
+}
+
+// dataReader bounds the wait for each part of the message (data_timeout)
+// and, past that, the average rate (min_data_rate): go-smtp's own deadline
+// covers only command lines.
+func (ss *session) dataReader(r io.Reader) io.Reader {
+	return &paced{r: r, conn: ss.conn, start: time.Now(), timeout: ss.cfg.DataTimeout, rate: ss.cfg.MinDataRate}
+}
+
+type paced struct {
+	r       io.Reader
+	conn    net.Conn
+	start   time.Time
+	timeout time.Duration
+	rate    int
+	n       int64
+}
+
+func (p *paced) Read(b []byte) (int, error) {
+	deadline := time.Now().Add(p.timeout)
+	if p.rate > 0 {
+		// Slowloris: after the first data_timeout, the data must have
+		// come at min_data_rate on average.
+		byRate := p.start.Add(p.timeout + time.Duration(p.n)*time.Second/time.Duration(p.rate))
+		if byRate.Before(deadline) {
+			deadline = byRate
+		}
+	}
+	p.conn.SetReadDeadline(deadline)
+	n, err := p.r.Read(b)
+	p.n += int64(n)
+	return n, err
+}
+
+// bodyError turns a failure to take the message in into the answer every
+// recipient gets. go-smtp wants an *smtp.SMTPError itself, not wrapped
+// (anything else becomes a permanent 554 5.0.0).
+func bodyError(err error) error {
+	var se *smtp.SMTPError
+	switch {
+	case errors.As(err, &se):
+		return se
+	case errors.Is(err, smtp.ErrTooLongLine):
+		return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: "Message has an over-long line; not delivered"}
+	case errors.Is(err, smtp.ErrDataReset):
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "Message transfer aborted"}
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "Timeout reading the message"}
+	}
+	return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Could not take the message in; try again later"}
+}
+
+// errStore is the answer while the store cannot be read: temporary, never
+// a 5xx (a callout's negative answer is cached for hours).
+var errStore = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Directory temporarily unavailable, try again later"}
+
+// unavailable is the answer when Cyrus cannot be asked.
+func unavailable(err error) *smtp.SMTPError {
+	if errors.Is(err, errBusy) {
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 5}, Message: "Mail store busy, try again later"}
+	}
+	return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 1}, Message: "Mail store unavailable, try again later"}
+}
+
+// joinReplies is a one-line summary for logs.
+func joinReplies(rs []Reply) string {
+	parts := make([]string, len(rs))
+	for i, r := range rs {
+		parts[i] = r.String()
+	}
+	return strings.Join(parts, "; ")
+}
