@@ -27,6 +27,9 @@ const (
 	// flushAt is how much output collects between writes once a body has
 	// moved to its temp file.
 	flushAt = 64 << 10
+	// maxPooled is the largest buffer kept for reuse; MemLimit may allow
+	// far larger ones, which are left to the garbage collector.
+	maxPooled = 4 << 20
 )
 
 // Policy failures. They are *smtp.SMTPError values, returned unwrapped:
@@ -63,14 +66,16 @@ type scratch struct {
 	pending []byte // normaliser.pending
 }
 
-// bodyPolicy says how readBody treats a message.
+// bodyPolicy says how readBody treats a message. Sizes are of normalised
+// text: MaxLine applies to every line, even one that StripHeader removes,
+// and MaxBytes to what is left.
 type bodyPolicy struct {
-	Lenient     bool   // drop a bare CR as Cyrus would; false rejects it
+	Lenient     bool   // a bare CR is dropped, as Cyrus would; false refuses the message
 	MaxLine     int    // longest line in bytes with its CRLF; 0 is no limit
-	MaxBytes    int64  // largest normalised body; 0 is no limit
-	MemLimit    int    // bytes kept in memory before the body moves to a file
-	Dir         string // directory for that file; "" is os.TempDir()
-	StripHeader string // header field removed wherever it occurs; "" is none
+	MaxBytes    int64  // largest body in bytes; 0 is no limit
+	MemLimit    int    // largest body kept in memory; a larger one goes to a temp file
+	Dir         string // directory for the temp file; "" is os.TempDir()
+	StripHeader string // field removed wherever it occurs in the header section; "" is none
 }
 
 // body is a normalised message, in memory or in an unlinked temp file.
@@ -162,8 +167,10 @@ func (b *body) Close() error {
 		b.f = nil
 	}
 	if b.bufp != nil {
-		*b.bufp = b.buf[:0] // keep any growth for the next message
-		outPool.Put(b.bufp)
+		if cap(b.buf) <= maxPooled {
+			*b.bufp = b.buf[:0] // keep any growth for the next message
+			outPool.Put(b.bufp)
+		}
 		b.bufp, b.buf = nil, nil
 	}
 	return err
@@ -222,8 +229,7 @@ func (b *body) flush() error {
 	return nil
 }
 
-// hasHighBit reports whether p has a byte >= 0x80, 32 then 8 bytes at a
-// time.
+// hasHighBit reports whether p has a byte >= 0x80, 32 bytes at a time.
 func hasHighBit(p []byte) bool {
 	const high = 0x8080808080808080
 	le := binary.LittleEndian
@@ -232,12 +238,6 @@ func hasHighBit(p []byte) bool {
 			return true
 		}
 		p = p[32:]
-	}
-	for len(p) >= 8 {
-		if le.Uint64(p)&high != 0 {
-			return true
-		}
-		p = p[8:]
 	}
 	for _, c := range p {
 		if c >= 0x80 {
@@ -267,8 +267,10 @@ type normaliser struct {
 	header  bool // in the header section, and there is a field to strip
 	strip   bool // the field being read is stripped, continuations too
 	state   lineState
-	matched int    // bytes of StripHeader seen at the start of the line
-	pending []byte // the line so far while state is lineName
+	matched int // bytes of StripHeader seen at the start of the line
+	// pending is the line so far while state is lineName: the name and
+	// the blanks after it, so never more than MaxLine bytes.
+	pending []byte
 }
 
 // feed normalises one read's worth of data. Each byte is looked at by one

@@ -51,42 +51,43 @@ func (s *Service) resolve(ctx context.Context, a store.Address) (store.Resolutio
 }
 
 // idle is called when a session has no transaction any more: during the
-// shutdown drain, its wait for the next command ends now rather than at
-// the end of the grace.
+// shutdown drain, its wait for the next command ends now (frontConn.Read
+// then closes it) rather than at the end of the grace.
 func (s *Service) idle(c net.Conn) {
 	if s.draining.Load() {
 		c.SetReadDeadline(time.Now())
 	}
 }
 
-// sessions tracks open sessions so that the drain can wake the idle ones.
-type sessions struct {
+// conns tracks open client connections so that the drain can wake the idle
+// ones (those that have not even sent LHLO included).
+type conns struct {
 	mu  sync.Mutex
-	all map[*session]struct{}
+	all map[*frontConn]struct{}
 }
 
-func (ss *sessions) add(x *session) {
-	ss.mu.Lock()
-	if ss.all == nil {
-		ss.all = make(map[*session]struct{})
+func (cs *conns) add(c *frontConn) {
+	cs.mu.Lock()
+	if cs.all == nil {
+		cs.all = make(map[*frontConn]struct{})
 	}
-	ss.all[x] = struct{}{}
-	ss.mu.Unlock()
+	cs.all[c] = struct{}{}
+	cs.mu.Unlock()
 }
 
-func (ss *sessions) remove(x *session) {
-	ss.mu.Lock()
-	delete(ss.all, x)
-	ss.mu.Unlock()
+func (cs *conns) remove(c *frontConn) {
+	cs.mu.Lock()
+	delete(cs.all, c)
+	cs.mu.Unlock()
 }
 
-// wakeIdle ends the wait of every session outside a transaction.
-func (ss *sessions) wakeIdle() {
-	ss.mu.Lock()
-	defer ss.mu.Unlock()
-	for x := range ss.all {
-		if !x.busy.Load() {
-			x.conn.SetReadDeadline(time.Now())
+// wakeIdle ends the wait of every connection outside a transaction.
+func (cs *conns) wakeIdle() {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	for c := range cs.all {
+		if !c.busy.Load() {
+			c.SetReadDeadline(time.Now())
 		}
 	}
 }

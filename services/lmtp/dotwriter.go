@@ -51,8 +51,8 @@ type dotStuffer struct {
 // On any error the final ".\r\n" has not been written, and w may hold part
 // of the body: the caller must abandon the connection.
 //
-// The body is copied in runs between line ends, found with bytes.IndexByte,
-// not byte by byte.
+// The body is scanned for line ends with bytes.IndexByte and copied in runs
+// of whole lines, not byte by byte.
 func writeDotStuffed(w *bufio.Writer, body io.Reader) error {
 	d := dotStuffer{w: w, lineStart: true}
 	buf := make([]byte, bodyChunk)
@@ -71,7 +71,7 @@ func writeDotStuffed(w *bufio.Writer, body io.Reader) error {
 		}
 	}
 	if d.heldCR {
-		return fmt.Errorf("%w: CR at the end, byte %d", errBareLineEnding, d.off)
+		return fmt.Errorf("%w: CR at the end, byte %d", errBareLineEnding, d.off-1)
 	}
 	// An empty body stays empty; a last line without CRLF gets one.
 	end := ".\r\n"
@@ -84,7 +84,8 @@ func writeDotStuffed(w *bufio.Writer, body io.Reader) error {
 	return nil
 }
 
-// write stuffs and writes one chunk of the body.
+// write stuffs and writes one chunk of the body: the lines are checked
+// one by one, but written in runs that break only where a dot is doubled.
 func (d *dotStuffer) write(p []byte) error {
 	start := d.off
 	d.off += int64(len(p))
@@ -100,51 +101,59 @@ func (d *dotStuffer) write(p []byte) error {
 		p = p[1:]
 		start++
 	}
-	for len(p) > 0 {
+	written := 0 // p[:written] is out
+	for i := 0; i < len(p); {
 		if d.lineStart {
 			d.lineStart = false
-			if p[0] == '.' {
-				if err := d.w.WriteByte('.'); err != nil {
-					return fmt.Errorf("write body: %w", err)
+			if p[i] == '.' {
+				if err := d.put(p[written:i], true); err != nil {
+					return err
 				}
-				d.lineLen++
+				written = i
+				d.lineLen = 1
 			}
 		}
-		lf := bytes.IndexByte(p, '\n')
+		lf := bytes.IndexByte(p[i:], '\n')
 		if lf < 0 {
-			// No line end in the chunk: a final CR waits for its LF.
-			run := p
-			if p[len(p)-1] == '\r' {
-				run, d.heldCR = p[:len(p)-1], true
+			// No line end in the rest: a final CR waits for its LF.
+			end := len(p)
+			if p[end-1] == '\r' {
+				end--
+				d.heldCR = true
 			}
-			if err := d.run(run, start); err != nil {
+			if err := d.content(p[i:end], start+int64(i)); err != nil {
 				return err
 			}
-			_, err := d.w.Write(run)
-			if err != nil {
-				return fmt.Errorf("write body: %w", err)
-			}
-			return nil
+			return d.put(p[written:end], false)
 		}
-		if lf == 0 || p[lf-1] != '\r' {
+		lf += i
+		if lf == i || p[lf-1] != '\r' {
 			return fmt.Errorf("%w: LF at byte %d", errBareLineEnding, start+int64(lf))
 		}
-		if err := d.run(p[:lf-1], start); err != nil {
+		if err := d.content(p[i:lf-1], start+int64(i)); err != nil {
 			return err
 		}
-		if _, err := d.w.Write(p[:lf+1]); err != nil {
-			return fmt.Errorf("write body: %w", err)
-		}
 		d.lineStart, d.lineLen = true, 0
-		p = p[lf+1:]
-		start += int64(lf + 1)
+		i = lf + 1
+	}
+	return d.put(p[written:], false)
+}
+
+// put writes run and then, with dot, the stuffing '.'.
+func (d *dotStuffer) put(run []byte, dot bool) error {
+	_, err := d.w.Write(run)
+	if err == nil && dot {
+		err = d.w.WriteByte('.')
+	}
+	if err != nil {
+		return fmt.Errorf("write body: %w", err)
 	}
 	return nil
 }
 
-// run checks a stretch of line content (no LF, and any CR in it is bare)
-// and counts it toward the line's length.
-func (d *dotStuffer) run(p []byte, start int64) error {
+// content checks a stretch of line content (no LF, and any CR in it is
+// bare) and counts it toward the line's length.
+func (d *dotStuffer) content(p []byte, start int64) error {
 	if i := bytes.IndexByte(p, '\r'); i >= 0 {
 		return fmt.Errorf("%w: CR at byte %d", errBareLineEnding, start+int64(i))
 	}

@@ -31,21 +31,22 @@ type Store interface {
 
 // Service is the LMTP proxy.
 type Service struct {
-	cfg      atomic.Pointer[Config]
-	st       Store
-	canon    store.Canon
-	log      *slog.Logger
-	up       *upstream
-	cyrus    string       // [cyrus] lmtp, as configured
-	limit    atomic.Int64 // message size limit in force: ours, lowered by Cyrus's SIZE
-	lns      []net.Listener
-	slots    chan struct{}
-	srv      *smtp.Server
-	cache    cache
-	sessions sessions
-	draining atomic.Bool
-	hard     context.Context // cancelled when the drain's grace is over
-	cancel   context.CancelFunc
+	cfg       atomic.Pointer[Config]
+	st        Store
+	canon     store.Canon
+	log       *slog.Logger
+	up        *upstream
+	cyrus     string       // [cyrus] lmtp, as configured
+	cyrusSize atomic.Int64 // Cyrus's SIZE (maxmessagesize) when known, else 0
+	announced int64        // the SIZE our LHLO announces (go-smtp enforces it too)
+	lns       []net.Listener
+	slots     chan struct{}
+	srv       *smtp.Server
+	cache     cache
+	conns     conns
+	draining  atomic.Bool
+	hard      context.Context // cancelled when the drain's grace is over
+	cancel    context.CancelFunc
 }
 
 // New makes the proxy; cyrusLMTP is [cyrus] lmtp ("unix:/path" or
@@ -59,7 +60,7 @@ func New(cfg Config, cyrusLMTP string, st Store, canon store.Canon, log *slog.Lo
 	}
 	s := &Service{st: st, canon: canon, log: log, cyrus: cyrusLMTP, slots: make(chan struct{}, cfg.MaxConns)}
 	s.cfg.Store(&cfg)
-	s.limit.Store(cfg.MaxSize)
+	s.announced = cfg.MaxSize
 	s.up = newUpstream(upstreamCfg(cfg, cyrusLMTP))
 	s.hard, s.cancel = context.WithCancel(context.Background())
 	return s
@@ -102,18 +103,25 @@ func (s *Service) Listen() error {
 	if n, err := s.up.size(ctx); err != nil {
 		s.log.Warn("Cyrus lmtpd does not answer yet; deliveries will be deferred until it does", "cyrus", s.cyrus, "err", err)
 	} else {
-		s.lowerLimit(n)
+		s.cyrusSize.Store(n)
 	}
+	s.announced = s.limit()
 	s.srv = s.newServer(cfg)
 	return nil
 }
 
-// lowerLimit takes Cyrus's SIZE (its maxmessagesize; 0 = none) into the
-// limit: a message Cyrus would refuse with 552 is refused at MAIL instead.
-func (s *Service) lowerLimit(cyrusSize int64) {
-	if cyrusSize > 0 && cyrusSize < s.cfg.Load().MaxSize {
-		s.limit.Store(cyrusSize)
+// limit is the message size limit in force: max_message_size, lowered by
+// Cyrus's SIZE (its maxmessagesize, so that a message Cyrus would refuse
+// with 552 is refused at MAIL instead) and by what our LHLO announced.
+func (s *Service) limit() int64 {
+	n := s.cfg.Load().MaxSize
+	if c := s.cyrusSize.Load(); c > 0 {
+		n = min(n, c)
 	}
+	if s.announced > 0 {
+		n = min(n, s.announced)
+	}
+	return n
 }
 
 // newServer configures go-smtp. Its own timeouts and limits are outer
@@ -123,7 +131,11 @@ func (s *Service) newServer(cfg *Config) *smtp.Server {
 	srv.LMTP = true
 	srv.Domain = cfg.Hostname
 	srv.MaxRecipients = cfg.MaxRecipients
-	srv.MaxMessageBytes = s.limit.Load() // what LHLO announces as SIZE
+	// What LHLO announces as SIZE. go-smtp's DATA reader refuses a message
+	// of exactly this many bytes (it fails the read after the last byte,
+	// before the final dot), hence one more; the body check holds the
+	// exact limit.
+	srv.MaxMessageBytes = s.announced + 1
 	srv.MaxLineLength = cfg.MaxLine + 2  // the body check answers first, cleanly
 	srv.ReadTimeout = cfg.CommandTimeout // each command line; DATA has its own
 	srv.WriteTimeout = cfg.CommandTimeout
@@ -145,8 +157,10 @@ func (s *Service) Reload(cfg Config) {
 		cfg.Listen, cfg.MaxConns, cfg.SocketMode, cfg.SocketGroup, cfg.Hostname = old.Listen, old.MaxConns, old.SocketMode, old.SocketGroup, old.Hostname
 		cfg.MaxRecipients, cfg.MaxLine, cfg.CommandTimeout = old.MaxRecipients, old.MaxLine, old.CommandTimeout
 	}
+	if cfg.MaxSize > s.announced {
+		s.log.Warn("restart required to raise max_message_size above the SIZE already announced", "announced", s.announced)
+	}
 	s.cfg.Store(&cfg)
-	s.limit.Store(min(cfg.MaxSize, s.limit.Load()))
 	s.up.setConfig(upstreamCfg(cfg, s.cyrus))
 }
 
@@ -160,7 +174,9 @@ func (s *Service) Run(ctx context.Context, grace func() time.Duration) error {
 		// Exim would cache against the domain.
 		Busy: func(c net.Conn) { c.Write([]byte("421 4.3.2 Too many connections, try again later\r\n")) },
 		Handle: func(ctx context.Context, c net.Conn) {
-			fc := &frontConn{Conn: c, done: make(chan struct{})}
+			fc := &frontConn{Conn: c, s: s, done: make(chan struct{})}
+			s.conns.add(fc)
+			defer s.conns.remove(fc)
 			if !feed.push(ctx, fc) {
 				return
 			}
@@ -171,7 +187,7 @@ func (s *Service) Run(ctx context.Context, grace func() time.Duration) error {
 	// their transaction (session.idle), within the grace.
 	stop := context.AfterFunc(ctx, func() {
 		s.draining.Store(true)
-		s.sessions.wakeIdle()
+		s.conns.wakeIdle()
 	})
 	defer stop()
 	served := make(chan error, 1)
@@ -192,9 +208,8 @@ func (s *Service) Run(ctx context.Context, grace func() time.Duration) error {
 type backend struct{ s *Service }
 
 func (b backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
-	ss := &session{s: b.s, conn: c.Conn(), cfg: b.s.cfg.Load()}
-	b.s.sessions.add(ss)
-	return ss, nil
+	fc, _ := c.Conn().(*frontConn)
+	return &session{s: b.s, conn: c.Conn(), fc: fc, cfg: b.s.cfg.Load()}, nil
 }
 
 // slogLogger gives go-smtp our logger (it reports panics and accept
@@ -247,8 +262,10 @@ func (f *feedListener) Addr() net.Addr { return f.addr }
 // request smuggled at the port, say), before go-smtp answers anything.
 type frontConn struct {
 	net.Conn
+	s       *Service
 	done    chan struct{}
 	once    sync.Once
+	busy    atomic.Bool // in a transaction: the drain lets it finish
 	checked bool
 	first   []byte
 }
@@ -259,21 +276,43 @@ func (c *frontConn) Close() error {
 	return err
 }
 
+// Read ends the connection on a timeout, and between transactions once the
+// drain has begun. go-smtp would go on: bufio's ReadLine hands it the part
+// of a line that came before the timeout as a whole command, and after a
+// DATA or BDAT timeout it would read the rest of the message as commands
+// (smuggling into Cyrus's pre-authorised session). RFC 5321 §4.5.3.2: the
+// server closes on a timeout, saying 421 first.
 func (c *frontConn) Read(p []byte) (int, error) {
+	if c.s.draining.Load() && !c.busy.Load() {
+		return 0, c.end("421 4.3.2 Service shutting down, try again later")
+	}
 	n, err := c.Conn.Read(p)
+	if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		if c.s.draining.Load() && !c.busy.Load() {
+			return 0, c.end("421 4.3.2 Service shutting down, try again later")
+		}
+		return 0, c.end("421 4.4.2 Timeout, closing connection")
+	}
 	if !c.checked && n > 0 {
 		c.first = append(c.first, p[:n]...)
 		if verdict := firstLine(c.first); verdict != 0 {
 			c.checked, c.first = true, nil
 			if verdict < 0 {
-				c.Conn.SetWriteDeadline(time.Now().Add(time.Second))
-				c.Conn.Write([]byte("221 2.7.0 Not an LMTP client, closing\r\n"))
-				c.Conn.Close()
-				return 0, fmt.Errorf("lmtp: not an LMTP client: %w", net.ErrClosed)
+				return 0, c.end("221 2.7.0 Not an LMTP client, closing")
 			}
 		}
 	}
 	return n, err
+}
+
+// end says a last line and closes; go-smtp sees a closed connection and
+// stops without another word. Only the goroutine in Read writes then: go-smtp
+// writes replies from the same goroutine that reads.
+func (c *frontConn) end(line string) error {
+	c.Conn.SetWriteDeadline(time.Now().Add(time.Second))
+	c.Conn.Write([]byte(line + "\r\n"))
+	c.Conn.Close()
+	return fmt.Errorf("lmtp: %s: %w", line, net.ErrClosed)
 }
 
 // firstLine judges a client's first command as far as it has arrived: +1

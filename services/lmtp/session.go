@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -24,11 +23,11 @@ const storeTimeout = 20 * time.Second
 type session struct {
 	s     *Service
 	conn  net.Conn
+	fc    *frontConn // conn, when it came through our listener (tests may differ)
 	cfg   *Config
 	from  string
 	opts  *smtp.MailOptions
 	rcpts []recipient
-	busy  atomic.Bool // in a transaction: the drain lets it finish
 }
 
 // recipient is one accepted RCPT: the address as the client wrote it (the
@@ -42,13 +41,17 @@ type recipient struct {
 // Reset forgets the transaction (RSET, a new LHLO, or after DATA).
 func (ss *session) Reset() {
 	ss.from, ss.opts, ss.rcpts = "", nil, nil
-	ss.busy.Store(false)
+	ss.setBusy(false)
 	ss.s.idle(ss.conn)
 }
 
-func (ss *session) Logout() error {
-	ss.s.sessions.remove(ss)
-	return nil
+func (ss *session) Logout() error { return nil }
+
+// setBusy tells the drain whether a transaction is open.
+func (ss *session) setBusy(b bool) {
+	if ss.fc != nil {
+		ss.fc.busy.Store(b)
+	}
 }
 
 // Mail accepts any reverse path go-smtp parsed, the null sender above all:
@@ -56,12 +59,12 @@ func (ss *session) Logout() error {
 // as failing (its domain cache, 3 h).
 func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 	ss.cfg = ss.s.cfg.Load() // a reload applies from the next transaction
-	if limit := ss.s.limit.Load(); opts != nil && opts.Size > limit {
+	if limit := ss.s.limit(); opts != nil && opts.Size > limit {
 		return &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4},
 			Message: fmt.Sprintf("Message size exceeds the limit of %d bytes", limit)}
 	}
 	ss.from, ss.opts = from, opts
-	ss.busy.Store(true)
+	ss.setBusy(true)
 	return nil
 }
 
@@ -142,7 +145,7 @@ func (ss *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
 	defer ss.s.idle(ss.conn)
 	cfg := ss.cfg
 	b, err := readBody(ss.dataReader(r), bodyPolicy{
-		Lenient: cfg.LineEndings == "lenient", MaxLine: cfg.MaxLine, MaxBytes: ss.s.limit.Load(),
+		Lenient: cfg.LineEndings == "lenient", MaxLine: cfg.MaxLine, MaxBytes: ss.s.limit(),
 		MemLimit: cfg.SpoolMemory, Dir: cfg.SpoolDir, StripHeader: cfg.RelationHeader,
 	})
 	if err != nil {

@@ -251,7 +251,7 @@ func (u *upstream) begin(ctx context.Context, env Envelope, replies []Reply, fre
 	}
 	cfg := u.config()
 	c.dw.timeout = cfg.CommandTimeout
-	return &transaction{cfg: cfg, c: c, env: env, replies: replies, start: c.in.n}, nil
+	return &transaction{ctx: ctx, cfg: cfg, c: c, env: env, replies: replies, start: c.in.n}, nil
 }
 
 // end gives the connection back (to the pool if it is clean and ctx did
@@ -497,6 +497,7 @@ func (c *lmtpConn) quit() {
 
 // transaction is one use of a connection by deliver or check.
 type transaction struct {
+	ctx     context.Context
 	cfg     upstreamConfig
 	c       *lmtpConn
 	env     Envelope
@@ -604,7 +605,10 @@ func (t *transaction) finish(data Reply) error {
 // in RCPT order (RFC 2033 §4.2), all within FinalTimeout.
 func (t *transaction) body(body io.Reader, accepted []int) error {
 	c := t.c
-	if err := writeDotStuffed(c.w, body); err != nil {
+	// ctx's AfterFunc closes the connection, but from another goroutine:
+	// a body read that ends after the cancellation must not be followed
+	// by the dot before the close lands.
+	if err := writeDotStuffed(c.w, ctxReader{t.ctx, body}); err != nil {
 		return fmt.Errorf("lmtp upstream: DATA: %w", err) // never the dot: the caller closes c
 	}
 	if err := c.w.Flush(); err != nil {
@@ -902,6 +906,20 @@ func cutEnhanced(s string, class int) (smtp.EnhancedCode, string, bool) {
 }
 
 func isDigit(b byte) bool { return '0' <= b && b <= '9' }
+
+// ctxReader fails a read that ends after ctx is done.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (r ctxReader) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	if cerr := context.Cause(r.ctx); cerr != nil {
+		return 0, cerr
+	}
+	return n, err
+}
 
 // countingReader counts the bytes read from the connection.
 type countingReader struct {
