@@ -188,6 +188,11 @@ func (s *Service) Run(ctx context.Context, grace func() time.Duration) error {
 	stop := context.AfterFunc(ctx, func() {
 		s.draining.Store(true)
 		s.conns.wakeIdle()
+		// listen.Server closes the client connections when the grace is
+		// over, but waits for their sessions, and a session waits for its
+		// delivery to Cyrus: end those deliveries then (without the dot;
+		// the client, cut off, keeps its message).
+		time.AfterFunc(grace(), s.cancel)
 	})
 	defer stop()
 	served := make(chan error, 1)
@@ -262,10 +267,15 @@ func (f *feedListener) Addr() net.Addr { return f.addr }
 // request smuggled at the port, say), before go-smtp answers anything.
 type frontConn struct {
 	net.Conn
-	s       *Service
-	done    chan struct{}
-	once    sync.Once
-	busy    atomic.Bool // in a transaction: the drain lets it finish
+	s    *Service
+	done chan struct{}
+	once sync.Once
+	busy atomic.Bool // in a transaction: the drain lets it finish
+	// broken is set once a read failed (EOF included): whatever go-smtp
+	// passed on as message data may be short. Its BDAT copies a chunk with
+	// io.Copy over an io.LimitReader, which takes a client's EOF mid-chunk
+	// for the end of the chunk, and a LAST chunk cut short for a message.
+	broken  atomic.Bool
 	checked bool
 	first   []byte
 }
@@ -287,6 +297,9 @@ func (c *frontConn) Read(p []byte) (int, error) {
 		return 0, c.end("421 4.3.2 Service shutting down, try again later")
 	}
 	n, err := c.Conn.Read(p)
+	if err != nil {
+		c.broken.Store(true)
+	}
 	if ne, ok := err.(net.Error); ok && ne.Timeout() {
 		if c.s.draining.Load() && !c.busy.Load() {
 			return 0, c.end("421 4.3.2 Service shutting down, try again later")

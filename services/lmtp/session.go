@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -28,6 +29,11 @@ type session struct {
 	from  string
 	opts  *smtp.MailOptions
 	rcpts []recipient
+	// inData is closed when the running LMTPData returns; nil when none
+	// runs. Reset reads it from go-smtp's command goroutine, LMTPData runs
+	// on another for BDAT.
+	mu     sync.Mutex
+	inData chan struct{}
 }
 
 // recipient is one accepted RCPT: the address as the client wrote it (the
@@ -40,6 +46,25 @@ type recipient struct {
 
 // Reset forgets the transaction (RSET, a new LHLO, or after DATA).
 func (ss *session) Reset() {
+	ss.mu.Lock()
+	running := ss.inData
+	ss.mu.Unlock()
+	if running != nil {
+		select {
+		case <-running:
+		default:
+			// RSET (or LHLO) between BDAT chunks (RFC 3030 §3): go-smtp
+			// v0.25.1 would start the next BDAT while the aborted
+			// message's goroutine still reports into the same field (a
+			// data race; the new transaction could read the old result).
+			// Let the aborted one finish, then end the connection; no
+			// MTA aborts that way, and the client keeps its message.
+			<-running
+			if ss.fc != nil {
+				ss.fc.end("421 4.5.0 Transaction aborted during BDAT, closing connection")
+			}
+		}
+	}
 	ss.from, ss.opts, ss.rcpts = "", nil, nil
 	ss.setBusy(false)
 	ss.s.idle(ss.conn)
@@ -142,6 +167,11 @@ func (ss *session) Data(io.Reader) error {
 // leaves nothing behind; then it delivers and sets one status per RCPT, in
 // order, each Cyrus's own verdict or a 4xx (RFC 2033 §4.2).
 func (ss *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
+	done := make(chan struct{})
+	ss.mu.Lock()
+	ss.inData = done
+	ss.mu.Unlock()
+	defer close(done)
 	defer ss.s.idle(ss.conn)
 	cfg := ss.cfg
 	b, err := readBody(ss.dataReader(r), bodyPolicy{
@@ -152,6 +182,11 @@ func (ss *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
 		return bodyError(err)
 	}
 	defer b.Close()
+	if ss.fc != nil && ss.fc.broken.Load() {
+		// The client went away before the end of its data: never deliver
+		// a message it did not finish sending.
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "Connection lost during the message"}
+	}
 	ctx := ss.s.hard
 	relations, err := ss.relations(ctx)
 	if err != nil {
