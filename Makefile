@@ -43,6 +43,7 @@ bench: peers
 	$(GO) test -run='^$$' -bench=. -benchtime=20x -count=3 ./store/password/
 	SIDECAR_STRICT=1 $(GO) test -tags integration -run='^$$' -bench=BenchmarkSocketmap -benchtime=2s -count=3 ./services/socketmap/
 	SIDECAR_STRICT=1 $(GO) test -tags integration -run='^$$' -bench=BenchmarkSaslauthd -benchtime=2s -count=1 -v ./services/saslauthd/
+	SIDECAR_STRICT=1 $(GO) test -tags integration -run='^$$' -bench=BenchmarkLMTP -benchtime=3s -count=1 -v ./services/lmtp/
 
 build:
 	$(GO) build -o cyrus-sidecar .
