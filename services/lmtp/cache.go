@@ -2,6 +2,7 @@ package lmtp
 
 import (
 	"context"
+	"errors"
 	"net"
 	"sync"
 	"time"
@@ -19,6 +20,15 @@ type cache struct {
 	mu      sync.Mutex
 	gen     int64
 	entries map[string]store.Resolution
+	orgs    map[string]string // domain -> organisation, "" when not hosted
+}
+
+// current empties the cache when the store has moved on (or it is full);
+// c.mu is held.
+func (c *cache) current(gen int64) {
+	if c.gen != gen || len(c.entries)+len(c.orgs) >= cacheEntries {
+		c.gen, c.entries, c.orgs = gen, make(map[string]store.Resolution), make(map[string]string)
+	}
 }
 
 // resolve looks a recipient up, through the cache.
@@ -30,9 +40,7 @@ func (s *Service) resolve(ctx context.Context, a store.Address) (store.Resolutio
 	key := a.String() // the +detail does not change who it is
 	c := &s.cache
 	c.mu.Lock()
-	if c.gen != gen || len(c.entries) >= cacheEntries {
-		c.gen, c.entries = gen, make(map[string]store.Resolution)
-	}
+	c.current(gen)
 	r, ok := c.entries[key]
 	c.mu.Unlock()
 	if ok {
@@ -48,6 +56,37 @@ func (s *Service) resolve(ctx context.Context, a store.Address) (store.Resolutio
 	}
 	c.mu.Unlock()
 	return r, nil
+}
+
+// domainOrg is the organisation owning a domain ("" when it is not
+// hosted), through the cache: every delivery asks it about its sender.
+func (s *Service) domainOrg(ctx context.Context, domain string) (string, error) {
+	gen, err := s.st.Generation(ctx)
+	if err != nil {
+		return "", err
+	}
+	c := &s.cache
+	c.mu.Lock()
+	c.current(gen)
+	org, ok := c.orgs[domain]
+	c.mu.Unlock()
+	if ok {
+		return org, nil
+	}
+	d, err := s.st.Domain(ctx, domain)
+	if errors.Is(err, store.ErrNotFound) {
+		org = ""
+	} else if err != nil {
+		return "", err
+	} else {
+		org = d.Org
+	}
+	c.mu.Lock()
+	if c.gen == gen {
+		c.orgs[domain] = org
+	}
+	c.mu.Unlock()
+	return org, nil
 }
 
 // idle is called when a session has no transaction any more: during the

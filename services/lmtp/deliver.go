@@ -9,8 +9,6 @@ import (
 	"strings"
 
 	"github.com/emersion/go-smtp"
-
-	"cyrus-sidecar/store"
 )
 
 // Sender relations stamped on deliveries.
@@ -71,13 +69,11 @@ func (s *Service) orgOf(ctx context.Context, addr string) (string, error) {
 	if err != nil {
 		return "", nil
 	}
-	d, err := s.st.Domain(ctx, a.Domain())
-	if errors.Is(err, store.ErrNotFound) {
-		return "", nil
-	} else if err != nil {
+	org, err := s.domainOrg(ctx, a.Domain())
+	if err != nil {
 		return "", fmt.Errorf("sender domain %s: %w", a.Domain(), err)
 	}
-	return d.Org, nil
+	return org, nil
 }
 
 // deliver hands the message to Cyrus and returns one status per accepted

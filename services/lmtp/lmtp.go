@@ -6,6 +6,7 @@
 package lmtp
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -278,6 +279,43 @@ type frontConn struct {
 	broken  atomic.Bool
 	checked bool
 	first   []byte
+	pending []byte // continuation lines of a reply not yet written
+}
+
+// Write sends a multi-line reply in one write: go-smtp flushes every line
+// of it (LHLO's seven, Cyrus's three-line 550), and each write is a system
+// call and, without TCP_NODELAY at the peer's side, a delayed ACK
+// (cyrus-lab-facts §6). A line "NNN-..." (RFC 5321 §4.2.1) is held until
+// the reply's last line comes.
+func (c *frontConn) Write(p []byte) (int, error) {
+	if isContinuation(p) && len(c.pending)+len(p) <= 64<<10 {
+		c.pending = append(c.pending, p...)
+		return len(p), nil
+	}
+	if len(c.pending) == 0 {
+		return c.Conn.Write(p)
+	}
+	buf := append(c.pending, p...)
+	c.pending = c.pending[:0]
+	if _, err := c.Conn.Write(buf); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// isContinuation reports whether p is whole reply lines, the last of them
+// "NNN-text".
+func isContinuation(p []byte) bool {
+	n := len(p)
+	if n < 6 || p[n-2] != '\r' || p[n-1] != '\n' {
+		return false
+	}
+	start := 0
+	if i := bytes.LastIndexByte(p[:n-2], '\n'); i >= 0 {
+		start = i + 1
+	}
+	line := p[start:]
+	return len(line) >= 6 && line[3] == '-' && isDigit(line[0]) && isDigit(line[1]) && isDigit(line[2])
 }
 
 func (c *frontConn) Close() error {
