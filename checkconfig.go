@@ -39,6 +39,7 @@ func cmdCheckConfig(args []string, std stdio, getenv func(string) string) error 
 		{"saslauthd", onOff(cfg.Saslauthd.Enabled, cfg.Saslauthd.Listen)},
 		{"lmtp", onOff(cfg.LMTP.Enabled, strings.Join(cfg.LMTP.Listen, " "))},
 		{"socketmap", onOff(cfg.Socketmap.Enabled, strings.Join(cfg.Socketmap.Listen, " "))},
+		{"vacation", onOff(cfg.Vacation.Enabled, "ManageSieve "+string(cfg.Cyrus.ManageSieve)+", policy "+cfg.Vacation.Policy)},
 	})
 }
 

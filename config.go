@@ -16,6 +16,7 @@ import (
 	"cyrus-sidecar/services/lmtp"
 	"cyrus-sidecar/services/saslauthd"
 	"cyrus-sidecar/services/socketmap"
+	"cyrus-sidecar/services/vacation"
 	"cyrus-sidecar/store"
 	"cyrus-sidecar/store/password"
 )
@@ -37,6 +38,7 @@ type Config struct {
 	Saslauthd saslauthd.Config `toml:"saslauthd"`
 	LMTP      lmtp.Config      `toml:"lmtp"`
 	Socketmap socketmap.Config `toml:"socketmap"`
+	Vacation  vacation.Config  `toml:"vacation"`
 
 	// Where defaults put state and sockets: systemd's StateDirectory and
 	// RuntimeDirectory, else ./var and ./var/run. Not keys: the environment.
@@ -147,6 +149,7 @@ func defaultConfig(getenv func(string) string, cwd string) *Config {
 		Saslauthd: saslauthd.DefaultConfig(runtime),
 		LMTP:      lmtp.DefaultConfig(),
 		Socketmap: socketmap.DefaultConfig(runtime),
+		Vacation:  vacation.DefaultConfig(),
 	}
 }
 
@@ -284,7 +287,7 @@ func (c *Config) validate() []fieldError {
 	for _, sec := range []struct {
 		name string
 		err  error
-	}{{"saslauthd", c.Saslauthd.Validate()}, {"lmtp", c.LMTP.Validate()}, {"socketmap", c.Socketmap.Validate()}} {
+	}{{"saslauthd", c.Saslauthd.Validate()}, {"lmtp", c.LMTP.Validate()}, {"socketmap", c.Socketmap.Validate()}, {"vacation", c.Vacation.Validate()}} {
 		if sec.err == nil {
 			continue
 		}

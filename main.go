@@ -44,6 +44,7 @@ const usage = `usage: cyrus-sidecar COMMAND [ARGS] [-config FILE]
   user     add|passwd|set|disable|enable|del|show|list   users
   alias    add|del|list      aliases
   apppass  add|del|list      app passwords: one per device, limited services, optional expiry
+  vacation set|off|show|preview   out-of-office replies, one text inside the organisation, one outside
   auth     test ADDRESS      would this password log in? and if not, exactly why
   token    issue ADDRESS     a single sign-on token for groupware (docs/sso-tokens.md)
   version                    print the version
@@ -71,6 +72,8 @@ func realMain(args []string, std stdio, getenv func(string) string) error {
 		return cmdAlias(rest, std, getenv)
 	case "apppass":
 		return cmdAppPass(rest, std, getenv)
+	case "vacation":
+		return cmdVacation(rest, std, getenv)
 	case "auth":
 		return cmdAuth(rest, std, getenv)
 	case "token":

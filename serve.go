@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -15,9 +16,11 @@ import (
 	"github.com/oklog/run"
 	"golang.org/x/sys/unix"
 
+	"cyrus-sidecar/services/listen"
 	"cyrus-sidecar/services/lmtp"
 	"cyrus-sidecar/services/saslauthd"
 	"cyrus-sidecar/services/socketmap"
+	"cyrus-sidecar/services/vacation"
 	"cyrus-sidecar/store"
 	"cyrus-sidecar/store/password"
 )
@@ -123,6 +126,10 @@ func serve(cfg *Config, path string, log *slog.Logger, level *slog.LevelVar, sd 
 			socketmap.New(cfg.Socketmap, st, canon, log.With("service", "socketmap")), &current}})
 	}
 
+	if cfg.Vacation.Enabled {
+		services = append(services, named{"vacation", newVacationService(cfg, st, canon, log.With("service", "vacation"))})
+	}
+
 	var g run.Group
 	g.Add(stopOnSignal(syscall.SIGINT, syscall.SIGTERM))
 	g.Add(reloadOnHUP(log, sd, func() {
@@ -220,6 +227,33 @@ func (s *lmtpService) Run(ctx context.Context) error {
 }
 
 func (s *lmtpService) Reload(cfg *Config) { s.Service.Reload(cfg.LMTP) }
+
+// vacationService adapts the vacation reconciler to serve's service.
+type vacationService struct{ *vacation.Service }
+
+func newVacationService(cfg *Config, st *store.Store, canon store.Canon, log *slog.Logger) vacationService {
+	network, addr := listen.Split(string(cfg.Cyrus.ManageSieve))
+	relation := ""
+	if cfg.LMTP.Enabled {
+		relation = cfg.LMTP.RelationHeader
+	}
+	file := cfg.Cyrus.AdminPasswordFile
+	return vacationService{vacation.New(cfg.Vacation, vacation.Cyrus{
+		Network: network, Addr: addr, Admin: cfg.Cyrus.AdminUser, Relation: relation,
+		Password: func() (string, error) { return readSecretFile(file) },
+	}, st, canon, log)}
+}
+
+func (s vacationService) Reload(cfg *Config) { s.Service.Reload(cfg.Vacation) }
+
+// readSecretFile reads a one-line secret, without its line end.
+func readSecretFile(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	return strings.TrimRight(string(b), "\r\n"), nil
+}
 
 // saslauthdService adapts the saslauthd responder to serve's service; it
 // loads the token keys at start and on every reload.
