@@ -14,6 +14,8 @@ package vacation
 import (
 	"bufio"
 	"bytes"
+	"cmp"
+	"context"
 	"encoding/base64"
 	"fmt"
 	"io"
@@ -210,57 +212,67 @@ func (l *renderLab) install(t *testing.T, in Input) {
 	}
 }
 
-// deliver sends one message from sender (envelope and From:) to alice's
-// mailbox, addressed in the header to "to", with the relation header
-// when relation is set and any extra header lines, and returns Cyrus's
-// replies to sender so far.
-func (l *renderLab) deliver(t *testing.T, sender, to, relation, extra string) []renderReply {
+// labMsg is a message to alice.
+type labMsg struct {
+	sender   string // envelope sender, and From: unless from is set
+	from     string
+	to       string // To:, default alice
+	relation string // the relation header's value, "" = none
+	extra    string // more header lines, each ending CRLF
+}
+
+// deliver delivers m to alice's mailbox and returns the replies Cyrus
+// sent its sender for it.
+func (l *renderLab) deliver(t *testing.T, m labMsg) []renderReply {
 	t.Helper()
 	l.n++
+	from, to := cmp.Or(m.from, m.sender), cmp.Or(m.to, labAlice)
 	var b strings.Builder
-	fmt.Fprintf(&b, "From: <%s>\r\nTo: <%s>\r\nSubject: test %d\r\nMessage-ID: <render-%d@lab.test>\r\n", sender, to, l.n, l.n)
+	fmt.Fprintf(&b, "From: <%s>\r\nTo: <%s>\r\nSubject: test %d\r\nMessage-ID: <render-%d@lab.test>\r\n", from, to, l.n, l.n)
 	b.WriteString("Date: " + time.Now().UTC().Format(time.RFC1123Z) + "\r\n")
-	if relation != "" {
-		b.WriteString(testRelationHeader + ": " + relation + "\r\n")
+	if m.relation != "" {
+		b.WriteString(testRelationHeader + ": " + m.relation + "\r\n")
 	}
-	b.WriteString(extra)
+	b.WriteString(m.extra)
 	b.WriteString("\r\nHello Alice.\r\n")
-	if r := l.c.Deliver(t, sender, []string{labAlice}, []byte(b.String())); !strings.HasPrefix(r[0], "250 ") {
+	before := len(l.c.SentMail(t))
+	if r := l.c.Deliver(t, m.sender, []string{labAlice}, []byte(b.String())); !strings.HasPrefix(r[0], "250 ") {
 		t.Fatalf("LMTP reply %q; want 250", r[0])
 	}
 	var replies []renderReply
-	for _, m := range l.c.SentMail(t) {
-		if slices.Equal(m.To, []string{sender}) {
-			replies = append(replies, decodeReply(t, m))
+	for _, sent := range l.c.SentMail(t)[before:] { // oldest first
+		if slices.Equal(sent.To, []string{m.sender}) {
+			replies = append(replies, decodeReply(t, sent))
 		}
 	}
 	return replies
 }
 
-// expect delivers and checks that sender got exactly one reply, with the
-// text, subject and From address wanted; want "" means no reply.
-func (l *renderLab) expect(t *testing.T, in Input, sender, to, relation, extra, want string) renderReply {
+// expect delivers m and checks that its sender got exactly one reply
+// (never a second), with the text want and in's subject; want "" means
+// no reply.
+func (l *renderLab) expect(t *testing.T, in Input, m labMsg, want string) renderReply {
 	t.Helper()
-	replies := l.deliver(t, sender, to, relation, extra)
+	replies := l.deliver(t, m)
 	if want == "" {
 		if len(replies) != 0 {
-			t.Errorf("%s got %d replies; want none: %q", sender, len(replies), replies[0].body)
+			t.Errorf("%s got %d replies; want none: %q", m.sender, len(replies), replies[0].body)
 		}
 		return renderReply{}
 	}
 	if len(replies) != 1 {
-		t.Fatalf("%s got %d replies; want 1", sender, len(replies))
+		t.Fatalf("%s got %d replies; want 1", m.sender, len(replies))
 	}
 	r := replies[0]
 	// Cyrus sends the text as it is and adds a line end.
 	if body := wantText(want) + "\r\n"; r.body != body {
-		t.Errorf("reply to %s: body\n%q\nwant\n%q", sender, r.body, body)
+		t.Errorf("reply to %s: body\n%q\nwant\n%q", m.sender, r.body, body)
 	}
 	if r.subject != in.Subject {
-		t.Errorf("reply to %s: subject %q; want %q", sender, r.subject, in.Subject)
+		t.Errorf("reply to %s: subject %q; want %q", m.sender, r.subject, in.Subject)
 	}
 	if r.autoSubmitted != "auto-replied (vacation)" {
-		t.Errorf("reply to %s: Auto-Submitted %q", sender, r.autoSubmitted)
+		t.Errorf("reply to %s: Auto-Submitted %q", m.sender, r.autoSubmitted)
 	}
 	return r
 }
@@ -277,55 +289,65 @@ func (l *renderLab) testReplies(t *testing.T) {
 		in.ExternalText = "External: \"; discard; \"\r\n.\r\n${from} ${hex:41}\nGrüße 🏖️\n"
 		return in
 	}
-	const ext, int1 = "external", "internal"
+	internal := func(sender string) labMsg { return labMsg{sender: sender, relation: "internal"} }
+	external := func(sender string) labMsg { return labMsg{sender: sender, relation: "external"} }
 
 	t.Run("internal and external", func(t *testing.T) {
 		in := open("p1")
 		l.install(t, in)
-		r := l.expect(t, in, "colleague@example.com", labAlice, int1, "", in.InternalText)
+		r := l.expect(t, in, internal("colleague@example.com"), in.InternalText)
 		if r.from != labAlice {
 			t.Errorf("reply From %q; want %s", r.from, labAlice)
 		}
 		t.Logf("reply Content-Transfer-Encoding %q, Content-Type %q", r.cte, r.contentType)
-		l.expect(t, in, "colleague@example.com", labAlice, int1, "", "") // once per sender
-		l.expect(t, in, "customer@outside.org", labAlice, ext, "", in.ExternalText)
-		l.expect(t, in, "unmarked@outside.org", labAlice, "", "", in.ExternalText) // no header: external
-		l.expect(t, in, "news@outside.org", labAlice, ext, "List-Id: <news.outside.org>\r\n", "")
-		l.expect(t, in, "robot@outside.org", labAlice, ext, "Auto-Submitted: auto-generated\r\n", "")
-		l.expect(t, in, "bulk@outside.org", labAlice, ext, "Precedence: bulk\r\n", "")
+		l.expect(t, in, internal("colleague@example.com"), "") // once per sender
+		l.expect(t, in, external("customer@outside.org"), in.ExternalText)
+		l.expect(t, in, labMsg{sender: "unmarked@outside.org"}, in.ExternalText) // no header: external
+		for _, extra := range []string{"List-Id: <news.outside.org>", "Auto-Submitted: auto-generated", "Precedence: bulk"} {
+			m := external("list-" + strings.ToLower(extra[:4]) + "@outside.org")
+			m.extra = extra + "\r\n"
+			l.expect(t, in, m, "")
+		}
 		// To: an alias listed in :addresses; Cyrus answers from that alias.
-		if r := l.expect(t, in, "aliasuser@outside.org", labAlias, ext, "", in.ExternalText); r.from != labAlias {
+		m := external("aliasuser@outside.org")
+		m.to = labAlias
+		if r := l.expect(t, in, m, in.ExternalText); r.from != labAlias {
 			t.Errorf("reply From %q; want %s", r.from, labAlias)
 		}
-		// alice only in the envelope: RFC 5230 §4.5, Cyrus does not answer
-		// unless To, Cc, Bcc or Resent-* names one of her addresses.
-		l.expect(t, in, "bcc-only@outside.org", "bob@example.com", ext, "", "")
-		l.expect(t, in, "bcc-header@outside.org", "bob@example.com", ext, "Bcc: <"+labAlice+">\r\n", in.ExternalText)
-		// An unlisted address of hers in To: no reply either.
-		l.expect(t, in, "unlisted@outside.org", "alice.other@example.com", ext, "", "")
+		// alice only in the envelope (Bcc): RFC 5230 §4.5, Cyrus answers
+		// only when To, Cc, Bcc or Resent-* names one of her addresses.
+		m = external("bcc-only@outside.org")
+		m.to = "bob@example.com"
+		l.expect(t, in, m, "")
+		m = external("bcc-header@outside.org")
+		m.to, m.extra = "bob@example.com", "Bcc: <"+labAlice+">\r\n"
+		l.expect(t, in, m, in.ExternalText)
+		m = external("unlisted@outside.org") // an address not in :addresses
+		m.to = "alice.other@example.com"
+		l.expect(t, in, m, "")
 	})
 
 	t.Run("handle per period", func(t *testing.T) {
 		in := open("p2")
 		l.install(t, in)
-		l.expect(t, in, "again@example.com", labAlice, int1, "", in.InternalText)
+		l.expect(t, in, internal("again@example.com"), in.InternalText)
 		in.InternalText = "Edited text, same absence.\n" // :handle keeps tracking
 		l.install(t, in)
-		l.expect(t, in, "again@example.com", labAlice, int1, "", "")
+		l.expect(t, in, internal("again@example.com"), "")
 		in.Period = "p3" // a new absence: a new reply
 		l.install(t, in)
-		l.expect(t, in, "again@example.com", labAlice, int1, "", in.InternalText)
+		l.expect(t, in, internal("again@example.com"), in.InternalText)
 		// The audiences are tracked apart: the same sender once external.
-		l.expect(t, in, "again@example.com", labAlice, ext, "", in.ExternalText)
+		l.expect(t, in, external("again@example.com"), in.ExternalText)
 	})
 
 	t.Run("audience none", func(t *testing.T) {
 		in := open("p4")
 		in.Audience = "none"
 		l.install(t, in)
-		l.expect(t, in, "stranger@outside.org", labAlice, ext, "", "")
-		l.expect(t, in, "stranger@outside.org", labAlice, "", "", "")
-		l.expect(t, in, "teammate@example.com", labAlice, int1, "", in.InternalText)
+		l.expect(t, in, external("stranger@outside.org"), "")
+		l.expect(t, in, labMsg{sender: "stranger@outside.org"}, "")
+		l.expect(t, in, internal("teammate@example.com"), in.InternalText)
 	})
 
 	t.Run("audience known", func(t *testing.T) {
@@ -334,57 +356,46 @@ func (l *renderLab) testReplies(t *testing.T) {
 		in := open("p5")
 		in.Audience = "known"
 		l.install(t, in)
-		l.expect(t, in, "unknown@outside.org", labAlice, ext, "", "")
-		l.expect(t, in, "mate@example.com", labAlice, int1, "", in.InternalText)
+		l.expect(t, in, external("unknown@outside.org"), "")
+		l.expect(t, in, internal("mate@example.com"), in.InternalText)
 	})
 
 	t.Run("window closed", func(t *testing.T) {
-		for name, bounds := range map[string][2]time.Time{
-			"past":   {now.Add(-2 * time.Hour), now.Add(-time.Hour)},
-			"future": {now.Add(time.Hour), {}},
-			"ended":  {{}, now.Add(-time.Minute)},
+		for _, tc := range []struct {
+			name       string
+			start, end time.Time
+		}{
+			{"past", now.Add(-2 * time.Hour), now.Add(-time.Hour)},
+			{"future", now.Add(time.Hour), time.Time{}},
+			{"ended", time.Time{}, now.Add(-time.Minute)},
 		} {
-			in := open("p6-" + name)
-			in.Start, in.End = bounds[0], bounds[1]
+			in := open("p6-" + tc.name)
+			in.Start, in.End = tc.start, tc.end
 			l.install(t, in)
-			l.expect(t, in, name+"-in@example.com", labAlice, int1, "", "")
-			l.expect(t, in, name+"-out@outside.org", labAlice, ext, "", "")
+			l.expect(t, in, internal(tc.name+"-in@example.com"), "")
+			l.expect(t, in, external(tc.name+"-out@outside.org"), "")
 		}
-		in := open("p6-on") // the same texts, state "on": replies
+		in := open("p6-on") // the same with state "on": replies
 		in.State = "on"
 		l.install(t, in)
-		l.expect(t, in, "on-in@example.com", labAlice, int1, "", in.InternalText)
+		l.expect(t, in, internal("on-in@example.com"), in.InternalText)
 	})
 
 	t.Run("envelope fallback", func(t *testing.T) {
 		in := open("p7")
 		in.RelationHeader = ""
 		l.install(t, in)
-		l.expect(t, in, "partner@example.org", labAlice, "", "", in.InternalText) // an org domain
-		// The header From: claims a colleague; the envelope decides.
-		replies := l.deliver(t, "spoofer@outside.org", labAlice, "", "")
-		_ = replies // delivered with From: spoofer; now one with a forged From:
-		l.n++
-		msg := fmt.Sprintf("From: <boss@example.com>\r\nTo: <%s>\r\nSubject: forged\r\nMessage-ID: <render-%d@lab.test>\r\n\r\nhi\r\n", labAlice, l.n)
-		if r := l.c.Deliver(t, "forger@outside.org", []string{labAlice}, []byte(msg)); !strings.HasPrefix(r[0], "250 ") {
-			t.Fatalf("LMTP %q", r[0])
-		}
-		var got []renderReply
-		for _, m := range l.c.SentMail(t) {
-			if slices.Equal(m.To, []string{"forger@outside.org"}) {
-				got = append(got, decodeReply(t, m))
-			}
-		}
-		if len(got) != 1 || got[0].body != wantText(in.ExternalText)+"\r\n" {
-			t.Errorf("forged From: replies %+v; want one with the external text", got)
-		}
+		l.expect(t, in, labMsg{sender: "partner@example.org"}, in.InternalText) // an org domain
+		// From: claims a colleague, and even the relation header says
+		// internal: without the header in the script, the envelope decides.
+		l.expect(t, in, labMsg{sender: "forger@outside.org", from: "boss@example.com", relation: "internal"}, in.ExternalText)
 	})
 
 	t.Run(":from", func(t *testing.T) {
 		in := open("p8")
 		in.From = "alice.away@example.com"
 		l.install(t, in)
-		if r := l.expect(t, in, "fromtest@outside.org", labAlice, ext, "", in.ExternalText); r.from != in.From {
+		if r := l.expect(t, in, external("fromtest@outside.org"), in.ExternalText); r.from != in.From {
 			t.Errorf("reply From %q; want %s", r.from, in.From)
 		}
 	})
@@ -396,8 +407,8 @@ func (l *renderLab) testReplies(t *testing.T) {
 		for i := range 5 {
 			in := randomInput(rng, open(fmt.Sprintf("p9-%d", i)))
 			l.install(t, in)
-			l.expect(t, in, fmt.Sprintf("random%d@example.com", i), labAlice, int1, "", in.InternalText)
-			l.expect(t, in, fmt.Sprintf("random%d@outside.org", i), labAlice, ext, "", in.ExternalText)
+			l.expect(t, in, internal(fmt.Sprintf("random%d@example.com", i)), in.InternalText)
+			l.expect(t, in, external(fmt.Sprintf("random%d@outside.org", i)), in.ExternalText)
 		}
 	})
 }
@@ -614,17 +625,13 @@ func runAsCyrus(t *testing.T, c *lab.Cyrus, stdin, name string, args ...string) 
 	t.Helper()
 	bin := lab.Tool(t, "", name, "/usr/lib/cyrus/bin")
 	uid, gid := cyrusUser(t)
-	cmd := exec.CommandContext(t.Context(), bin, args...)
+	ctx, cancel := context.WithTimeout(t.Context(), sieveTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Dir = c.Dir
 	cmd.Stdin = strings.NewReader(stdin)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}}
-	cmd.WaitDelay = sieveTimeout
-	done := make(chan struct{})
-	timer := time.AfterFunc(sieveTimeout, func() { _ = cmd.Process.Kill() }) // Start has run by then
-	defer timer.Stop()
-	out, err := cmd.CombinedOutput()
-	close(done)
-	return out, err
+	return cmd.CombinedOutput()
 }
 
 func cyrusUser(t *testing.T) (int, int) {
