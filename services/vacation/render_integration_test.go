@@ -111,27 +111,9 @@ func TestRenderCyrus(t *testing.T) {
 	})
 
 	t.Run("size limit", func(t *testing.T) {
-		in := renderBaseInput()
-		in.InternalText = "x"
-		small, err := Render(in)
-		if err != nil {
-			t.Fatal(err)
-		}
-		in.InternalText = strings.Repeat("x", 1+maxScriptSize-len(small))
-		script, err := Render(in)
-		if err != nil || len(script) != maxScriptSize {
-			t.Fatalf("Render at the limit: %d bytes, %v", len(script), err)
-		}
+		script := scriptOfSize(t, maxScriptSize)
 		if msg := s.check(t, script); msg != "" {
 			t.Errorf("CHECKSCRIPT of %d bytes: %s", len(script), msg)
-		}
-		// One byte more, which Render refuses, Cyrus refuses too. Its
-		// lexer gives up mid-literal, so this takes its own connection.
-		over := dialRenderSieve(t, c.SieveAddr, labAlice, labAlicePassword)
-		if msg := over.check(t, script+"#"); msg == "" {
-			t.Errorf("CHECKSCRIPT of %d bytes: OK; want NO (sieve_maxscriptsize)", len(script)+1)
-		} else {
-			t.Logf("Cyrus on %d bytes: %s", len(script)+1, msg)
 		}
 	})
 
@@ -156,6 +138,37 @@ func TestRenderCyrus(t *testing.T) {
 
 	rl := &renderLab{c: c, s: s}
 	t.Run("replies", rl.testReplies)
+
+	// One byte more, which Render refuses, Cyrus refuses too. Its lexer
+	// gives up mid-literal and the connection is out of step after that,
+	// so this comes last (timsieved serialises a user's sessions: a second
+	// one would wait for this one to end).
+	t.Run("one byte over the limit", func(t *testing.T) {
+		script := scriptOfSize(t, maxScriptSize) + "#"
+		msg := s.check(t, script)
+		if msg == "" {
+			t.Fatalf("CHECKSCRIPT of %d bytes: OK; want NO (sieve_maxscriptsize)", len(script))
+		}
+		t.Logf("Cyrus on %d bytes: %s", len(script), msg)
+	})
+}
+
+// scriptOfSize renders a script of exactly size bytes by growing the
+// internal text.
+func scriptOfSize(t *testing.T, size int) string {
+	t.Helper()
+	in := renderBaseInput()
+	in.InternalText = "x"
+	small, err := Render(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in.InternalText = strings.Repeat("x", 1+size-len(small))
+	script, err := Render(in)
+	if err != nil || len(script) != size {
+		t.Fatalf("Render: %d bytes, %v; want %d", len(script), err, size)
+	}
+	return script
 }
 
 // TestRenderCyrusKnownNeedsCardDAV records a Cyrus quirk: without
@@ -498,8 +511,15 @@ func dialRenderSieve(t *testing.T, addr, user, password string) *renderSieve {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { conn.Close() })
 	s := &renderSieve{conn: conn, r: bufio.NewReader(conn), capa: map[string]string{}}
+	t.Cleanup(func() {
+		// LOGOUT first: timsieved 3.6.1 crashes (SIGSEGV) when a logged-in
+		// client just goes away. Errors do not matter any more.
+		_ = conn.SetDeadline(time.Now().Add(sieveTimeout))
+		_, _ = io.WriteString(conn, "LOGOUT\r\n")
+		_, _ = s.r.ReadString('\n')
+		conn.Close()
+	})
 	lines, msg := s.do(t, "")
 	if msg != "" {
 		t.Fatalf("managesieve greeting: %s", msg)

@@ -35,19 +35,21 @@ var e2eUsers = map[string]string{"alice": "alice-pw", "bob": "bob-pw"}
 type e2e struct {
 	cy    *lab.Cyrus
 	st    *store.Store
+	path  string // the store's file, for the CLI
 	canon store.Canon
 	lmtp  string // the proxy's address
 	svc   *Service
 }
 
-func newE2E(t *testing.T, sieveAddr func(cy *lab.Cyrus) string, mod func(*Config)) *e2e {
+func newE2E(t testing.TB, sieveAddr func(cy *lab.Cyrus) string, mod func(*Config)) *e2e {
 	t.Helper()
 	ctx := context.Background()
 	cy := lab.StartCyrus(t, lab.CyrusOptions{Users: e2eUsers})
 	for u := range e2eUsers {
 		cy.CreateMailbox(t, u)
 	}
-	st, err := store.Open(ctx, filepath.Join(t.TempDir(), "s.db"), store.Options{})
+	path := filepath.Join(t.TempDir(), "s.db")
+	st, err := store.Open(ctx, path, store.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,11 +106,11 @@ func newE2E(t *testing.T, sieveAddr func(cy *lab.Cyrus) string, mod func(*Config
 	svc := New(cfg, Cyrus{Network: "tcp", Addr: addr, Admin: cy.Admin, Relation: lcfg.RelationHeader,
 		Password: func() (string, error) { return cy.AdminPassword, nil }}, st, c, log.With("service", "vacation"))
 	runService(t, svc.Run)
-	return &e2e{cy: cy, st: st, canon: c, lmtp: lcfg.Listen[0], svc: svc}
+	return &e2e{cy: cy, st: st, path: path, canon: c, lmtp: lcfg.Listen[0], svc: svc}
 }
 
 // runService runs fn until the test ends.
-func runService(t *testing.T, fn func(context.Context) error) {
+func runService(t testing.TB, fn func(context.Context) error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { fn(ctx); close(done) }()
@@ -172,7 +174,7 @@ func headers(from, to, subject string, extra ...string) string {
 }
 
 // sieve opens a ManageSieve session as user.
-func (e *e2e) sieve(t *testing.T, user string) *managesieve.Client {
+func (e *e2e) sieve(t testing.TB, user string) *managesieve.Client {
 	t.Helper()
 	cl, err := managesieve.Dial(context.Background(), "tcp", e.cy.SieveAddr, managesieve.Options{Timeout: 10 * time.Second})
 	if err != nil {
@@ -186,7 +188,7 @@ func (e *e2e) sieve(t *testing.T, user string) *managesieve.Client {
 }
 
 // waitState waits for the reconciler's record of address to satisfy ok.
-func (e *e2e) waitState(t *testing.T, address string, ok func(store.SieveState) bool) store.SieveState {
+func (e *e2e) waitState(t testing.TB, address string, ok func(store.SieveState) bool) store.SieveState {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for {

@@ -17,10 +17,10 @@ const syncTag = "sidecar-auth-sync"
 // as authzid ("" = itself). A NO is an *Error carrying the server's text.
 // Neither password nor the encoded response ever appears in an error.
 //
-// Afterwards the capabilities are read again: those the server sends
-// unasked after the OK (RFC 5804 §2.1, when a security layer was
-// negotiated; Cyrus only does so then), else those CAPABILITY returns,
-// which now include OWNER.
+// Afterwards the capabilities are read again with CAPABILITY; they now
+// include OWNER. Capabilities the server sends unasked after the OK
+// (RFC 5804 §2.1, when a security layer was negotiated; Cyrus does so only
+// then) are told apart by a tagged NOOP sent first, and skipped.
 func (c *Client) AuthenticatePlain(authzid, authcid, password string) error {
 	const op = "AUTHENTICATE PLAIN"
 	if strings.ContainsRune(authzid+authcid+password, 0) || authcid == "" || password == "" {
@@ -29,9 +29,6 @@ func (c *Client) AuthenticatePlain(authzid, authcid, password string) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	ctx := context.Background()
-	if c.err != nil {
-		return fmt.Errorf("%s: %w", op, c.err)
-	}
 	ir := base64.StdEncoding.EncodeToString([]byte(authzid + "\x00" + authcid + "\x00" + password))
 	line := append(appendString([]byte(`AUTHENTICATE "PLAIN" `), ir), "\r\n"...)
 	resp, err := c.authExchange(ctx, op, line)
@@ -74,13 +71,10 @@ func (c *Client) AuthenticatePlain(authzid, authcid, password string) error {
 // challenge (a data line) is answered with "*", which cancels
 // (RFC 5804 §2.1): PLAIN with an initial response has nothing to answer.
 func (c *Client) authExchange(ctx context.Context, op string, line []byte) (*response, error) {
-	if err := c.deadline(ctx); err != nil {
-		return nil, fmt.Errorf("%s: %w", op, err)
+	if err := c.send(ctx, op, line); err != nil {
+		return nil, err
 	}
-	if _, err := c.conn.Write(line); err != nil {
-		return nil, c.fail(fmt.Errorf("%s: write: %w", op, err))
-	}
-	c.r.left = maxResponse
+	c.r.reset()
 	for cancelled := false; ; cancelled = true {
 		toks, err := c.r.readLine()
 		if err != nil {

@@ -125,15 +125,6 @@ func unquote(s string) string {
 	return u
 }
 
-// greeting renders capability lines as S: steps, ending in OK.
-func greeting(caps string) string {
-	var b strings.Builder
-	for line := range strings.Lines(caps) {
-		b.WriteString("S: " + strings.TrimRight(line, "\r\n") + "\n")
-	}
-	return b.String()
-}
-
 // connect starts a fake with transcript (greeting included) and opens a
 // Client to it over NewClient; the client is closed at cleanup.
 func connect(t *testing.T, transcript string, opt Options) (*Client, *fake) {

@@ -20,14 +20,42 @@ import (
 )
 
 // Replies of Cyrus timsieved 3.6.1 (Debian 3.6.1-4+deb12u5) observed by
-// this test, verbatim:
+// this test against the lab, verbatim (S: server, C: client):
 //
-//	greeting (no TLS configured): IMPLEMENTATION, VERSION "1.0", SASL, SIEVE,
-//	  NOTIFY "mailto", EXTLISTS "urn:ietf:params:sieve:addrbook",
-//	  UNAUTHENTICATE, OK; no STARTTLS. With tls_server_cert/key: STARTTLS too.
-//	after AUTHENTICATE: OK, nothing unasked; CAPABILITY then has no SASL line
-//	  and has OWNER "alice@example.com"
-//	(see the table below for the rest)
+//	greeting, no TLS configured: "IMPLEMENTATION" "Cyrus timsieved 3.6.1-Debian-3.6.1-4+deb12u5",
+//	  "VERSION" "1.0", "SASL" "PLAIN LOGIN", "SIEVE" "<45 extensions, vacation date relational
+//	  envelope include variables extlists fcc among them>", "NOTIFY" "mailto",
+//	  "EXTLISTS" "urn:ietf:params:sieve:addrbook", "UNAUTHENTICATE", OK; no STARTTLS.
+//	  With tls_server_cert/tls_server_key set, "STARTTLS" as well, and
+//	  after STARTTLS (TLS 1.3) the list again without it.
+//	C: AUTHENTICATE "PLAIN" <alice@example.com NUL admin NUL pw>
+//	S: OK -- admins alone allows acting for another user; proxyservers is
+//	  not needed. Nothing follows unasked; CAPABILITY then lists no SASL and
+//	  "OWNER" "alice" (the default domain dropped).
+//	  A bad password, a non-admin acting for someone else, or a user with no
+//	  mailbox: NO "Authentication Error" (parser.c replaces SASL's text).
+//	C: NOOP "x"                S: OK (TAG {1}CRLF x) "Done"
+//	PUTSCRIPT/CHECKSCRIPT with a syntax error: NO {22} CRLF "line 2: syntax error" CRLF, CRLF
+//	  (the literal ends in CRLF); an unknown extension:
+//	  NO {..} "line 1: Unsupported feature(s) in \"require\": \"nosuch\"" CRLF
+//	PUTSCRIPT over 32 KiB:      NO "Did not specify legal script data length"
+//	GETSCRIPT/SETACTIVE/DELETESCRIPT of a missing script:
+//	                            NO (NONEXISTENT) "Script does not exist"
+//	DELETESCRIPT of the active: NO (ACTIVE) "Active script cannot be deleted"
+//	RENAMESCRIPT onto a name:   NO (ALREADYEXISTS) "Script vacation already exists."
+//	RENAMESCRIPT of a missing:  NO (NONEXISTENT) "Script nope does not exist"
+//	HAVESPACE "s" 100000:       NO (QUOTA/MAXSIZE) "Script size is too large. Max script size is 32768 bytes"
+//	6th PUTSCRIPT, HAVESPACE with 5 scripts, and also PUTSCRIPT/HAVESPACE of an
+//	  existing name with 5 scripts (counted before the name is looked up):
+//	                            NO (QUOTA/MAXSCRIPTS) "You are only allowed 5 scripts on this server"
+//	a quoted string with 8-bit octets: NO "Did not specify script name"
+//	a non-ASCII name sent as a literal: stored and listed as
+//	  "=?UTF-8?Q?Urlaub-=C3=BC?=", found only under that form afterwards.
+//	Script bodies come back byte for byte (CRLF or bare LF, UTF-8, "." lines).
+//	A client that closes an authenticated session without LOGOUT makes
+//	  timsieved die of SIGSEGV in its shutdown (master logs "signaled to death
+//	  by signal 11"; cyrus-imapd#4537, fixed in 3.6.3 by 72df81f3); after
+//	  LOGOUT it exits cleanly. Scripts already stored are not affected.
 
 const labUser = "alice@example.com"
 
@@ -46,7 +74,9 @@ func login(t *testing.T, c *lab.Cyrus, user string, opt Options) *Client {
 	if err != nil {
 		t.Fatalf("Dial: %v", err)
 	}
-	t.Cleanup(func() { cl.Close() })
+	// LOGOUT, not just Close: see the SIGSEGV note above. A test that
+	// logged out already gets an error here, which is of no interest.
+	t.Cleanup(func() { _ = cl.Logout() })
 	if err := cl.AuthenticatePlain(user, c.Admin, c.AdminPassword); err != nil {
 		t.Fatalf("AuthenticatePlain(%s as %s): %v", user, c.Admin, err)
 	}
@@ -103,11 +133,14 @@ func TestCyrus(t *testing.T) {
 		cl := login(t, c, labUser, Options{})
 		caps := cl.Capabilities()
 		t.Logf("capabilities after AUTHENTICATE: %q", caps.Raw)
-		if caps.Owner != labUser || caps.SASL != nil || !caps.HasExtension("vacation") {
+		// OWNER is Cyrus's canonical user id: the default domain dropped.
+		if caps.Owner != "alice" || caps.SASL != nil || !caps.HasExtension("vacation") {
 			t.Errorf("capabilities after AUTHENTICATE %+v", caps)
 		}
-		if err := cl.Noop(); err != nil {
-			t.Errorf("NOOP: %v", err)
+		// The tag comes back as a literal (prot_printliteral).
+		resp, err := cl.cmd("NOOP tagged", []byte("NOOP \"x\"\r\n"))
+		if err != nil || resp.code != `TAG "x"` || resp.msg != "Done" {
+			t.Errorf("NOOP \"x\" = %+v, %v; want OK (TAG \"x\") \"Done\"", resp, err)
 		}
 	})
 
@@ -151,7 +184,7 @@ func TestCyrus(t *testing.T) {
 	t.Run("round trip", func(t *testing.T) {
 		for _, tt := range []struct{ name, content string }{
 			{"vacation", script},
-			{"Urlaub-ü", strings.ReplaceAll(script, "\r\n", "\n")},
+			{"lf only", strings.ReplaceAll(script, "\r\n", "\n")},
 			{"no final newline", "keep;"},
 		} {
 			if err := cl.PutScript(tt.name, tt.content); err != nil {
@@ -167,17 +200,32 @@ func TestCyrus(t *testing.T) {
 		}
 		scripts, err := cl.ListScripts()
 		t.Logf("LISTSCRIPTS: %+v, %v", scripts, err)
-		want := []Script{{"vacation", false}, {"Urlaub-ü", false}, {"no final newline", false}}
+		want := []Script{{"vacation", false}, {"lf only", false}, {"no final newline", false}}
 		if err != nil || !sameScripts(scripts, want) {
 			t.Errorf("LISTSCRIPTS = %+v, %v; want %+v in some order", scripts, err, want)
+		}
+	})
+
+	// Cyrus 3.6.1 keeps a non-ASCII name as a MIME encoded-word (the
+	// source is a message in #sieve), lists it so, and knows the script
+	// only by that form afterwards: such names do not round-trip.
+	t.Run("non-ASCII name", func(t *testing.T) {
+		const name, stored = "Urlaub-ü", "=?UTF-8?Q?Urlaub-=C3=BC?="
+		wantReply(t, "PUTSCRIPT "+name, cl.PutScript(name, "keep;\r\n"), nil)
+		scripts, err := cl.ListScripts()
+		t.Logf("LISTSCRIPTS: %+v, %v", scripts, err)
+		if !slices.Contains(scripts, Script{Name: stored}) {
+			t.Errorf("LISTSCRIPTS = %+v; want %q listed", scripts, stored)
+		}
+		_, err = cl.GetScript(name)
+		wantReply(t, "GETSCRIPT "+name, err, &Error{Kind: "NO", Code: "NONEXISTENT", Msg: "Script does not exist"})
+		if got, err := cl.GetScript(stored); err != nil || got != "keep;\r\n" {
+			t.Errorf("GETSCRIPT %s = %q, %v", stored, got, err)
 		}
 		// timsieved's lexer refuses 8-bit octets in quoted strings
 		// (timsieved/lex.c), which is why such names go as literals.
 		_, err = cl.cmd("GETSCRIPT quoted UTF-8", []byte("GETSCRIPT \"Urlaub-ü\"\r\n"))
-		t.Logf("GETSCRIPT \"Urlaub-ü\" as a quoted string: %v", err)
-		if _, ok := errors.AsType[*Error](err); !ok {
-			t.Errorf("quoted UTF-8 name: %v; want NO", err)
-		}
+		wantReply(t, "GETSCRIPT \"Urlaub-ü\" as a quoted string", err, &Error{Kind: "NO", Msg: "Did not specify script name"})
 		if err := cl.Noop(); err != nil {
 			t.Errorf("NOOP after the refused quoted name: %v", err)
 		}
@@ -186,11 +234,11 @@ func TestCyrus(t *testing.T) {
 	t.Run("checkscript", func(t *testing.T) {
 		wantReply(t, "CHECKSCRIPT good", cl.CheckScript(script), nil)
 		wantReply(t, "CHECKSCRIPT bad", cl.CheckScript("require [\"vacation\"];\r\nvacation :days \"x\";\r\n"),
-			&Error{Kind: "NO", Msg: "line 2: syntax error, unexpected STRING, expecting NUMBER\r\n"})
+			&Error{Kind: "NO", Msg: "line 2: syntax error\r\n"})
 		wantReply(t, "CHECKSCRIPT unknown extension", cl.CheckScript("require [\"nosuch\"];\r\n"),
 			&Error{Kind: "NO", Msg: "line 1: Unsupported feature(s) in \"require\": \"nosuch\"\r\n"})
 		wantReply(t, "PUTSCRIPT bad", cl.PutScript("bad", "keep\r\nstop;\r\n"),
-			&Error{Kind: "NO", Msg: "line 2: syntax error, unexpected STOP, expecting ';'\r\n"})
+			&Error{Kind: "NO", Msg: "line 2: syntax error\r\n"})
 	})
 
 	t.Run("setactive", func(t *testing.T) {
@@ -296,7 +344,7 @@ func TestCyrusSTARTTLS(t *testing.T) {
 	st := tc.ConnectionState()
 	t.Logf("TLS %s, %s; capabilities after STARTTLS and AUTHENTICATE: %q",
 		tls.VersionName(st.Version), tls.CipherSuiteName(st.CipherSuite), cl.Capabilities().Raw)
-	if cl.Capabilities().StartTLS || cl.Capabilities().Owner != labUser {
+	if cl.Capabilities().StartTLS || cl.Capabilities().Owner != "alice" {
 		t.Errorf("capabilities %+v", cl.Capabilities())
 	}
 	if err := cl.PutScript("vacation", "keep;\r\n"); err != nil {

@@ -16,7 +16,13 @@
 //     RFC 5804 §1.6 allows everywhere a string is allowed;
 //   - it accepts only non-synchronising literals from clients ({N+});
 //   - it lists script names as "name" without escaping, so a name holding
-//     '"' or '\' makes LISTSCRIPTS unparsable; we refuse such names.
+//     '"' or '\' makes LISTSCRIPTS unparsable; we refuse such names;
+//   - it keeps a non-ASCII name as a MIME encoded-word
+//     ("=?UTF-8?Q?Urlaub-=C3=BC?=") and knows the script only by that form
+//     afterwards, so callers should use ASCII names;
+//   - 3.6.1/3.6.2 die of SIGSEGV when an authenticated client closes
+//     without LOGOUT (cyrus-imapd#4537, fixed in 3.6.3): end sessions with
+//     Logout, not Close.
 package managesieve
 
 import (

@@ -8,7 +8,6 @@ import (
 	"io"
 	"strconv"
 	"strings"
-	"unicode/utf8"
 )
 
 // Limits on what the server may send. RFC 5804 sets none; these are far
@@ -26,6 +25,10 @@ const (
 	// maxResponse bounds all bytes of one response, literals included:
 	// without it 10,000 lines of 64 KiB would be 640 MiB.
 	maxResponse = 4 << 20
+	// maxTokens bounds the tokens of one response, whose slices cost more
+	// than the bytes that make them ("((((" is one token per byte).
+	// LISTSCRIPTS with maxDataLines scripts needs 2 per line.
+	maxTokens = 5 * maxDataLines
 	// maxLiteralDigits: RFC 5804 §4 number is 0..4294967295.
 	maxLiteralDigits = 10
 )
@@ -63,13 +66,21 @@ type token struct {
 
 // reader reads replies with the limits above.
 type reader struct {
-	br   *bufio.Reader
-	left int // bytes the current response may still use
-	line int // bytes of the current line outside literals
+	br      *bufio.Reader
+	left    int // bytes the current response may still use
+	tokLeft int // tokens the current response may still have
+	line    int // bytes of the current line outside literals
 }
 
 func newReader(r io.Reader) *reader {
-	return &reader{br: bufio.NewReader(r), left: maxResponse}
+	rd := &reader{br: bufio.NewReader(r)}
+	rd.reset()
+	return rd
+}
+
+// reset starts the budgets of a new response.
+func (r *reader) reset() {
+	r.left, r.tokLeft = maxResponse, maxTokens
 }
 
 // response is one complete reply: data lines, then OK, NO or BYE
@@ -92,7 +103,7 @@ func (r *response) err() error {
 // readResponse reads data lines until the final OK, NO or BYE line. A
 // clean EOF before the first byte is io.EOF, EOF later io.ErrUnexpectedEOF.
 func readResponse(r *reader) (*response, error) {
-	r.left = maxResponse
+	r.reset()
 	var data [][]token
 	for {
 		toks, err := r.readLine()
@@ -166,6 +177,9 @@ func (r *reader) readLine() ([]token, error) {
 	r.line = 0
 	var toks []token
 	for {
+		if len(toks) > r.tokLeft {
+			return nil, fmt.Errorf("%w: more than %d tokens", errTooLong, maxTokens)
+		}
 		b, err := r.readByte()
 		if err == io.ErrUnexpectedEOF && r.line == 0 {
 			return nil, io.EOF
@@ -183,6 +197,7 @@ func (r *reader) readLine() ([]token, error) {
 			if b != '\n' || len(toks) == 0 {
 				return nil, fmt.Errorf("%w: bare CR or empty line", errSyntax)
 			}
+			r.tokLeft -= len(toks)
 			return toks, nil
 		case b == '"':
 			s, err := r.readQuoted()
@@ -364,53 +379,4 @@ func describe(toks []token) string {
 		s = s[:maxDescribe] + "..."
 	}
 	return strconv.QuoteToGraphic(s)
-}
-
-// appendString appends s as an RFC 5804 string: quoted when it is printable
-// ASCII, else a non-synchronising literal, because Cyrus's timsieved
-// refuses octets above 0x7F in quoted strings (timsieved/lex.c) and no
-// quoted string may hold CR, LF or NUL (RFC 5804 §4 SAFE-CHAR).
-func appendString(b []byte, s string) []byte {
-	for i := range len(s) {
-		if s[i] < ' ' || s[i] >= 0x7f {
-			return appendLiteral(b, s)
-		}
-	}
-	b = append(b, '"')
-	for i := range len(s) {
-		if s[i] == '"' || s[i] == '\\' {
-			b = append(b, '\\')
-		}
-		b = append(b, s[i])
-	}
-	return append(b, '"')
-}
-
-// appendLiteral appends s as a non-synchronising literal, {N+} CRLF s:
-// LITERAL+ is part of RFC 5804 (§1.6), so no continuation is awaited. N
-// counts octets.
-func appendLiteral(b []byte, s string) []byte {
-	b = append(b, '{')
-	b = strconv.AppendInt(b, int64(len(s)), 10)
-	b = append(b, "+}\r\n"...)
-	return append(b, s...)
-}
-
-// checkName refuses script names we must not send. RFC 5804 §1.6: a name
-// is UTF-8 without 0000-001F, 007F, 0080-009F, 2028 or 2029. Cyrus lists
-// names in quotes without escaping (timsieved/actions.c list_cb), so '"'
-// and '\' would make LISTSCRIPTS unreadable: refused too.
-func checkName(name string) error {
-	if name == "" {
-		return fmt.Errorf("%w: empty script name", errArg)
-	}
-	if !utf8.ValidString(name) {
-		return fmt.Errorf("%w: script name %q is not UTF-8", errArg, name)
-	}
-	for _, c := range name {
-		if c < 0x20 || (c >= 0x7f && c <= 0x9f) || c == 0x2028 || c == 0x2029 || c == '"' || c == '\\' {
-			return fmt.Errorf("%w: script name %q holds %U", errArg, name, c)
-		}
-	}
-	return nil
 }

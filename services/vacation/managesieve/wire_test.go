@@ -9,7 +9,8 @@ import (
 )
 
 // cyrusGreeting is timsieved 3.6.1's greeting as captured in the lab
-// (cyrus-lab-facts.md §5), without TLS configured.
+// (cyrus-lab-facts.md §5, which leaves out the VERSION line that
+// integration_test.go sees), without TLS configured.
 const cyrusGreeting = "\"IMPLEMENTATION\" \"Cyrus timsieved 3.6.1-Debian-3.6.1-4+deb12u5\"\r\n" +
 	"\"VERSION\" \"1.0\"\r\n" +
 	"\"SASL\" \"PLAIN LOGIN\"\r\n" +
@@ -79,6 +80,8 @@ func TestReadResponse(t *testing.T) {
 		{"literal too large", "{1048577}\r\n", nil, errTooLong},
 		{"line too long", strings.Repeat("a", maxLine+1) + "\r\n", nil, errTooLong},
 		{"quoted too long", "\"" + strings.Repeat("a", maxLine) + "\"\r\nOK\r\n", nil, errTooLong},
+		{"too many tokens", strings.Repeat("(", maxTokens+1) + "\r\n", nil, errTooLong},
+		{"too many tokens over lines", strings.Repeat("\"a\" b c d e f\r\n", maxTokens/6+1) + "OK\r\n", nil, errTooLong},
 		{"too many lines", strings.Repeat("\"a\"\r\n", maxDataLines+1) + "OK\r\n", nil, errTooLong},
 		{"response too large", strings.Repeat("{1048576}\r\n"+strings.Repeat("x", 1<<20)+"\r\n", 4) + "OK\r\n", nil, errTooLong},
 	}
