@@ -79,32 +79,30 @@ func (s *Service) install(ctx context.Context, cfg *Config, v *store.Vacation, s
 		return err
 	}
 	act := activeScript(scripts)
-	if err := cl.PutScript(cfg.ScriptName, script); err != nil {
-		return fmt.Errorf("PUTSCRIPT %s: %w", cfg.ScriptName, err)
-	}
+	// Activation first, our script after: the includes are :optional, and
+	// Cyrus refuses any PUTSCRIPT, a replacement too, once the user has
+	// sieve_maxscripts scripts, so the user's script is edited while ours
+	// is not yet counted.
 	st.LastError = ""
 	switch {
 	case act == cfg.WrapperName:
 		// Ours already; its content names the user's script, if any.
-		want := wrapperScript(cfg.ScriptName, st.PrevActive)
-		if cur, err := cl.GetScript(cfg.WrapperName); err != nil || cur != want {
-			if err := cl.PutScript(cfg.WrapperName, want); err != nil {
-				return fmt.Errorf("PUTSCRIPT %s: %w", cfg.WrapperName, err)
-			}
+		if err := putScript(cl, scripts, cfg.WrapperName, wrapperScript(cfg.ScriptName, st.PrevActive)); err != nil {
+			return err
 		}
 		st.Mode = "wrapper"
 	case act == "" || cfg.Policy == "wrap":
-		if err := cl.PutScript(cfg.WrapperName, wrapperScript(cfg.ScriptName, act)); err != nil {
-			return fmt.Errorf("PUTSCRIPT %s: %w", cfg.WrapperName, err)
+		if err := putScript(cl, scripts, cfg.WrapperName, wrapperScript(cfg.ScriptName, act)); err != nil {
+			return err
 		}
 		if err := cl.SetActive(cfg.WrapperName); err != nil {
-			return fmt.Errorf("SETACTIVE %s: %w", cfg.WrapperName, err)
+			return err
 		}
 		st.Mode, st.PrevActive = "wrapper", act
 	case cfg.Policy == "include":
 		body, err := cl.GetScript(act)
 		if err != nil {
-			return fmt.Errorf("GETSCRIPT %s: %w", act, err)
+			return err
 		}
 		if withInclude, changed := addInclude(body, cfg.ScriptName); changed {
 			if err := cl.PutScript(act, withInclude); err != nil {
@@ -115,6 +113,9 @@ func (s *Service) install(ctx context.Context, cfg *Config, v *store.Vacation, s
 	default: // report
 		st.Mode, st.PrevActive = "report", act
 		st.LastError = fmt.Sprintf("the user's own script %q is active and policy is \"report\": the out-of-office is installed but not activated", act)
+	}
+	if err := putScript(cl, scripts, cfg.ScriptName, script); err != nil {
+		return err
 	}
 	st.ScriptHash = scriptHash(cfg, script)
 	st.InstalledAt = s.now().UTC()
@@ -144,7 +145,17 @@ func (s *Service) remove(ctx context.Context, cfg *Config, st *store.SieveState)
 			prev = ""
 		}
 		if err := cl.SetActive(prev); err != nil {
-			return fmt.Errorf("SETACTIVE %q: %w", prev, err)
+			return err
+		}
+	}
+	// Ours first: with sieve_maxscripts reached Cyrus would refuse the
+	// edited user script (the include is :optional meanwhile).
+	for _, name := range []string{cfg.WrapperName, cfg.ScriptName} {
+		if !has(name) {
+			continue
+		}
+		if err := cl.DeleteScript(name); err != nil && !nonexistent(err) {
+			return err
 		}
 	}
 	// Our include lines, wherever the user's active script now is.
@@ -154,7 +165,7 @@ func (s *Service) remove(ctx context.Context, cfg *Config, st *store.SieveState)
 		}
 		body, err := cl.GetScript(name)
 		if err != nil {
-			return fmt.Errorf("GETSCRIPT %s: %w", name, err)
+			return err
 		}
 		if clean := removeInclude(body); clean != body {
 			if err := cl.PutScript(name, clean); err != nil {
@@ -162,16 +173,32 @@ func (s *Service) remove(ctx context.Context, cfg *Config, st *store.SieveState)
 			}
 		}
 	}
-	for _, name := range []string{cfg.WrapperName, cfg.ScriptName} {
-		if !has(name) {
-			continue
-		}
-		if err := cl.DeleteScript(name); err != nil && !nonexistent(err) {
-			return fmt.Errorf("DELETESCRIPT %s: %w", name, err)
-		}
-	}
 	*st = store.SieveState{Address: st.Address, AttemptedAt: st.AttemptedAt}
 	return nil
+}
+
+// putScript stores a script, unless it is there already with that content.
+// Cyrus 3.6 counts a user's scripts before it looks at the name, so with
+// sieve_maxscripts (5) reached even replacing one is refused: our own
+// script, never the active one itself, is then deleted and stored again
+// (the include that names it is :optional meanwhile).
+func putScript(cl *managesieve.Client, scripts []managesieve.Script, name, content string) error {
+	exists := slices.ContainsFunc(scripts, func(sc managesieve.Script) bool { return sc.Name == name })
+	if exists {
+		if cur, err := cl.GetScript(name); err == nil && cur == content {
+			return nil
+		}
+	}
+	err := cl.PutScript(name, content)
+	var me *managesieve.Error
+	if err != nil && exists && errors.As(err, &me) && me.Code == "QUOTA/MAXSCRIPTS" &&
+		!slices.ContainsFunc(scripts, func(sc managesieve.Script) bool { return sc.Name == name && sc.Active }) {
+		if err := cl.DeleteScript(name); err != nil {
+			return err
+		}
+		return cl.PutScript(name, content)
+	}
+	return err
 }
 
 func activeScript(scripts []managesieve.Script) string {

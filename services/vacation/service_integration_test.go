@@ -10,6 +10,7 @@ package vacation
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -431,4 +432,54 @@ func TestVacationCyrusDown(t *testing.T) {
 	}
 	e.send(t, "x@outside.example", "bob@example.com", headers("x@outside.example", "bob@example.com", "hi"), "hi\r\n")
 	e.waitReplies(t, "x@outside.example", 1)
+}
+
+// TestVacationScriptLimit: with Cyrus's five scripts reached (four of the
+// user's and ours), a text change still gets in: Cyrus refuses even a
+// replacement then, so ours is deleted and stored again.
+func TestVacationScriptLimit(t *testing.T) {
+	e := newE2E(t, nil, nil)
+	ctx := context.Background()
+	alice, _ := e.canon.Address("alice@example.com")
+	sv := e.sieve(t, "alice")
+	for i := 1; i <= 4; i++ {
+		if err := sv.PutScript(fmt.Sprintf("s%d", i), "keep;\r\n"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := sv.SetActive("s1"); err != nil {
+		t.Fatal(err)
+	}
+	sv.Logout()
+	v := store.Vacation{State: "on", Subject: "Away", InternalText: "first text", ExternalText: "out", Audience: "all", Days: 3}
+	if err := e.st.SetVacation(ctx, alice, v); err != nil {
+		t.Fatal(err)
+	}
+	first := e.waitState(t, "alice@example.com", func(s store.SieveState) bool { return s.ScriptHash != "" })
+	v.InternalText = "second text"
+	if err := e.st.SetVacation(ctx, alice, v); err != nil {
+		t.Fatal(err)
+	}
+	e.waitState(t, "alice@example.com", func(s store.SieveState) bool {
+		return s.ScriptHash != "" && s.ScriptHash != first.ScriptHash && s.LastError == ""
+	})
+	sv = e.sieve(t, "alice")
+	got, err := sv.GetScript("cyrus-sidecar-vacation")
+	if err != nil || !strings.Contains(got, "second text") {
+		t.Errorf("our script after the change: %v\n%s", err, got)
+	}
+	scripts, _ := sv.ListScripts()
+	if len(scripts) != 5 || activeScript(scripts) != "s1" {
+		t.Errorf("scripts %+v: want the user's four (s1 active) and ours", scripts)
+	}
+	sv.Logout()
+	if err := e.st.VacationOff(ctx, alice); err != nil {
+		t.Fatal(err)
+	}
+	e.waitState(t, "alice@example.com", func(s store.SieveState) bool { return s.ScriptHash == "" && s.Mode == "" && s.LastError == "" })
+	sv = e.sieve(t, "alice")
+	scripts, _ = sv.ListScripts()
+	if got, err := sv.GetScript("s1"); err != nil || got != "keep;\r\n" || len(scripts) != 4 || activeScript(scripts) != "s1" {
+		t.Errorf("after off: s1 = %q (%v), scripts %+v; want s1 as written, active, and the four only", got, err, scripts)
+	}
 }
