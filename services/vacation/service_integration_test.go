@@ -483,3 +483,27 @@ func TestVacationScriptLimit(t *testing.T) {
 		t.Errorf("after off: s1 = %q (%v), scripts %+v; want s1 as written, active, and the four only", got, err, scripts)
 	}
 }
+
+// TestVacationEnds: at the end date the script's own window stops the
+// replies, and the reconciler removes everything without being told.
+func TestVacationEnds(t *testing.T) {
+	e := newE2E(t, nil, nil)
+	ctx := context.Background()
+	bob, _ := e.canon.Address("bob@example.com")
+	end := time.Now().Add(3 * time.Second).UTC().Truncate(time.Second).Add(time.Second)
+	if err := e.st.SetVacation(ctx, bob, store.Vacation{State: "scheduled", End: end, Subject: "Away",
+		InternalText: "in", ExternalText: "out", Audience: "all", Days: 3}); err != nil {
+		t.Fatal(err)
+	}
+	e.waitState(t, "bob@example.com", func(s store.SieveState) bool { return s.ScriptHash != "" })
+	e.send(t, "early@outside.example", "bob@example.com", headers("early@outside.example", "bob@example.com", "hi"), "hi\r\n")
+	e.waitReplies(t, "early@outside.example", 1)
+	time.Sleep(time.Until(end))
+	e.send(t, "late@outside.example", "bob@example.com", headers("late@outside.example", "bob@example.com", "hi"), "hi\r\n")
+	e.waitReplies(t, "late@outside.example", 0)
+	e.waitState(t, "bob@example.com", func(s store.SieveState) bool { return s.ScriptHash == "" && s.Mode == "" })
+	sv := e.sieve(t, "bob")
+	if scripts, _ := sv.ListScripts(); len(scripts) != 0 {
+		t.Errorf("after the end date: %+v, want nothing of ours left", scripts)
+	}
+}
