@@ -193,11 +193,13 @@ func checkRoundTrip(t *testing.T, in Input, script string) {
 	}
 }
 
+var lineEnd = regexp.MustCompile(`\r\n|\r|\n`)
+
 // wantText is the value a text: block must have for text: CRLF line ends
 // (from CRLF, CR or LF), exactly one at the end. Written apart from
 // normaliseText so that a bug in one shows.
 func wantText(text string) string {
-	lines := regexp.MustCompile(`\r\n|\r|\n`).Split(text, -1)
+	lines := lineEnd.Split(text, -1)
 	if lines[len(lines)-1] == "" {
 		lines = lines[:len(lines)-1]
 	}
