@@ -98,24 +98,47 @@ type Input struct {
 // excluded. State "on" ignores them. Texts get CRLF line ends and always
 // end with one; Cyrus adds one more line end when it sends the reply.
 func Render(in Input) (string, error) {
+	if in.State == "off" {
+		return "", ErrOff
+	}
+	p, err := checkInput(in)
+	if err != nil {
+		return "", err
+	}
+	script := p.write(in)
+	if len(script) > maxScriptSize {
+		return "", fmt.Errorf("%w: %d bytes, the limit is %d (Cyrus's sieve_maxscriptsize); shorten the texts",
+			errSieveSize, len(script), maxScriptSize)
+	}
+	return script, nil
+}
+
+// scriptPlan is the checked and normalised input.
+type scriptPlan struct {
+	start, end         string // window bounds in sieveDateLayout; "" = open
+	internal, external string // normalised texts
+	addresses, domains []string
+	need               []string // extensions, in require order
+}
+
+// checkInput validates in and reports every problem at once.
+func checkInput(in Input) (*scriptPlan, error) {
 	s := in.Settings
+	p := &scriptPlan{}
 	var errs []error
 	bad := func(field, format string, args ...any) {
 		errs = append(errs, fmt.Errorf("%w: %s: %s", errSieveInput, field, fmt.Sprintf(format, args...)))
 	}
 
-	var start, end string // "" = open on that side
 	switch s.State {
-	case "off":
-		return "", ErrOff
 	case "on":
 	case "scheduled":
 		if s.Start.IsZero() && s.End.IsZero() {
 			bad("start, end", "a scheduled vacation needs a start or an end")
 		}
-		start, end = sieveDate(s.Start, "start", bad), sieveDate(s.End, "end", bad)
-		if start != "" && end != "" && end <= start {
-			bad("end", "%s is not after the start %s", end, start)
+		p.start, p.end = sieveDate(s.Start, "start", bad), sieveDate(s.End, "end", bad)
+		if p.start != "" && p.end != "" && p.end <= p.start {
+			bad("end", "%s is not after the start %s", p.end, p.start)
 		}
 	default:
 		bad("state", `must be "on", "scheduled" or "off", got %q`, s.State)
@@ -126,10 +149,9 @@ func Render(in Input) (string, error) {
 		bad("audience", `must be "all", "known" or "none", got %q`, s.Audience)
 	}
 
-	internal := checkText("internal text", s.InternalText, bad)
-	var external string
+	p.internal = checkText("internal text", s.InternalText, bad)
 	if s.Audience == audienceAll || s.Audience == audienceKnown {
-		external = checkText("external text", s.ExternalText, bad)
+		p.external = checkText("external text", s.ExternalText, bad)
 	}
 	checkSubject(s.Subject, bad)
 	if s.Days < 0 || s.Days > sieveMaxDays {
@@ -141,8 +163,8 @@ func Render(in Input) (string, error) {
 	if !validAddrSpec(in.User) {
 		bad("user", "%q is not a plain address (local@domain)", in.User)
 	}
-	addresses := dedupeFold(append([]string{in.User}, in.Addresses...))
-	for _, a := range addresses[1:] {
+	p.addresses = dedupeFold(append([]string{in.User}, in.Addresses...))
+	for _, a := range p.addresses[1:] {
 		if !validAddrSpec(a) {
 			bad("addresses", "%q is not a plain address (local@domain)", a)
 		}
@@ -153,16 +175,16 @@ func Render(in Input) (string, error) {
 	case len(in.Period) > maxPeriodBytes || !utf8.ValidString(in.Period) || strings.ContainsFunc(in.Period, isControl):
 		bad("period", "must be printable UTF-8 of at most %d bytes", maxPeriodBytes)
 	}
-	domains := dedupeFold(in.OrgDomains)
+	p.domains = dedupeFold(in.OrgDomains)
 	if in.RelationHeader != "" {
 		if !validFieldName(in.RelationHeader) {
 			bad("relation header", "%q is not a header field name (RFC 5322 §3.6.8)", in.RelationHeader)
 		}
 	} else {
-		if len(domains) == 0 {
+		if len(p.domains) == 0 {
 			bad("org domains", "none given, and no relation header to tell internal senders")
 		}
-		for _, d := range domains {
+		for _, d := range p.domains {
 			if !validDomain(d) {
 				bad("org domains", "%q is not a domain name", d)
 			}
@@ -170,18 +192,18 @@ func Render(in Input) (string, error) {
 	}
 
 	// RFC 5228 §3.2: require exactly the extensions used.
-	need := []string{"vacation"}
-	if start != "" || end != "" {
-		need = append(need, "date", "relational") // currentdate, :value
+	p.need = []string{"vacation"}
+	if p.start != "" || p.end != "" {
+		p.need = append(p.need, "date", "relational") // currentdate, :value
 	}
 	if in.RelationHeader == "" || s.Audience == audienceKnown {
-		need = append(need, "envelope")
+		p.need = append(p.need, "envelope")
 	}
 	if s.Audience == audienceKnown {
-		need = append(need, "extlists")
+		p.need = append(p.need, "extlists")
 	}
 	var missing []string
-	for _, e := range need {
+	for _, e := range p.need {
 		if !slices.Contains(in.Extensions, e) {
 			missing = append(missing, e)
 		}
@@ -189,23 +211,25 @@ func Render(in Input) (string, error) {
 	if len(missing) > 0 {
 		errs = append(errs, fmt.Errorf("%w %q, which the script needs", errSieveExtension, missing))
 	}
-	if len(errs) > 0 {
-		return "", errors.Join(errs...)
-	}
+	return p, errors.Join(errs...)
+}
 
+// write renders the checked input.
+func (p *scriptPlan) write(in Input) string {
+	s := in.Settings
 	w := &scriptWriter{}
-	w.line(0, "require "+sieveList(need)+";")
+	w.line(0, "require "+sieveList(p.need)+";")
 	w.line(0, "# Generated by cyrus-sidecar: do not edit; changed by `cyrus-sidecar vacation set`.")
-	w.comments(s.State, start, end, in.RelationHeader, s.Audience)
+	w.comments(s.State, p.start, p.end, in.RelationHeader, s.Audience)
 	depth := 0
-	if start != "" || end != "" {
+	if p.start != "" || p.end != "" {
 		depth = 1
-		ge := `currentdate :zone "+0000" :value "ge" "iso8601" ` + sieveQuote(start)
-		lt := `currentdate :zone "+0000" :value "lt" "iso8601" ` + sieveQuote(end)
+		ge := `currentdate :zone "+0000" :value "ge" "iso8601" ` + sieveQuote(p.start)
+		lt := `currentdate :zone "+0000" :value "lt" "iso8601" ` + sieveQuote(p.end)
 		switch {
-		case end == "":
+		case p.end == "":
 			w.line(0, "if "+ge+" {")
-		case start == "":
+		case p.start == "":
 			w.line(0, "if "+lt+" {")
 		default:
 			w.line(0, "if allof ("+ge+",")
@@ -215,30 +239,24 @@ func Render(in Input) (string, error) {
 	if in.RelationHeader != "" {
 		w.line(depth, "if header :is "+sieveQuote(in.RelationHeader)+` "internal" {`)
 	} else {
-		w.line(depth, `if envelope :domain :is "from" `+sieveList(domains)+" {")
+		w.line(depth, `if envelope :domain :is "from" `+sieveList(p.domains)+" {")
 	}
-	v := vacationArgs{days: s.Days, addresses: addresses, subject: s.Subject, from: s.From}
-	w.vacation(depth+1, v, in.Period+"-int", internal)
+	v := vacationArgs{days: s.Days, addresses: p.addresses, subject: s.Subject, from: s.From}
+	w.vacation(depth+1, v, in.Period+"-int", p.internal)
 	switch s.Audience {
 	case audienceAll:
 		w.line(depth, "} else {")
-		w.vacation(depth+1, v, in.Period+"-ext", external)
+		w.vacation(depth+1, v, in.Period+"-ext", p.external)
 	case audienceKnown:
 		// The envelope sender, as for internal mail: the reply goes there.
 		w.line(depth, `} elsif envelope :list "from" `+sieveQuote(knownList)+" {")
-		w.vacation(depth+1, v, in.Period+"-ext", external)
+		w.vacation(depth+1, v, in.Period+"-ext", p.external)
 	}
 	w.line(depth, "}")
 	if depth > 0 {
 		w.line(0, "}")
 	}
-
-	script := w.b.String()
-	if len(script) > maxScriptSize {
-		return "", fmt.Errorf("%w: %d bytes, the limit is %d (Cyrus's sieve_maxscriptsize); shorten the texts",
-			errSieveSize, len(script), maxScriptSize)
-	}
-	return script, nil
+	return w.b.String()
 }
 
 // sieveDate formats a window bound; "" for an open side.

@@ -423,6 +423,10 @@ func (l *renderLab) testReplies(t *testing.T) {
 		in.Subject = ""
 		l.install(t, in)
 		l.expect(t, in, external("nosubject@outside.org"), in.ExternalText)
+		// Cyrus folds a long ASCII subject at its spaces.
+		in.Subject = strings.TrimSpace(strings.Repeat("Away  until July, ", 14))
+		l.install(t, in)
+		l.expect(t, in, external("longsubject@outside.org"), in.ExternalText)
 	})
 
 	t.Run("random texts", func(t *testing.T) {
@@ -452,9 +456,10 @@ func decodeReply(t *testing.T, m lab.SentMail) renderReply {
 	if err != nil {
 		t.Fatalf("reply does not parse: %v\n%s", err, m.Data)
 	}
-	subject, err := new(mime.WordDecoder).DecodeHeader(msg.Header.Get("Subject"))
+	raw := unfoldedHeader(m.Data, "Subject")
+	subject, err := new(mime.WordDecoder).DecodeHeader(raw)
 	if err != nil {
-		t.Fatalf("reply subject %q: %v", msg.Header.Get("Subject"), err)
+		t.Fatalf("reply subject %q: %v", raw, err)
 	}
 	from, err := mail.ParseAddress(msg.Header.Get("From"))
 	if err != nil {
@@ -483,6 +488,20 @@ func decodeReply(t *testing.T, m lab.SentMail) renderReply {
 	return r
 }
 
+// unfoldedHeader returns a header field of a message as RFC 5322 §2.2.3
+// unfolds it (only the CRLFs go; net/textproto also squeezes the space
+// around them) without the one space Cyrus writes after the colon.
+func unfoldedHeader(data []byte, name string) string {
+	head, _, _ := bytes.Cut(data, []byte("\r\n\r\n"))
+	unfolded := strings.NewReplacer("\r\n ", " ", "\r\n\t", "\t").Replace(string(head))
+	for line := range strings.SplitSeq(unfolded, "\r\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok && strings.EqualFold(k, name) {
+			return strings.TrimPrefix(v, " ")
+		}
+	}
+	return ""
+}
+
 // randomInput gives base random texts and subject made of what breaks
 // generators: quotes, backslashes, dots, ${}, CR/LF mixtures, Unicode.
 func randomInput(rng *rand.Rand, base Input) Input {
@@ -501,9 +520,7 @@ func randomInput(rng *rand.Rand, base Input) Input {
 		return b.String()
 	}
 	in := base
-	// Space around an ASCII subject does not survive header parsing
-	// (Cyrus sends it; RFC 2047 words keep it), so there is none.
-	in.Subject = strings.Trim(gen(12, false), " ")
+	in.Subject = gen(12, false)
 	in.InternalText = gen(60, true) + "x" // never blank
 	in.ExternalText = "y" + gen(60, true)
 	return in
