@@ -37,12 +37,18 @@ type CyrusOptions struct {
 	Users         map[string]string // login -> password for the lab's own responder (the admin is always added); a login without @ is in DefaultDomain
 	Conf          map[string]string // extra/overriding imapd.conf keys (e.g. "sendmail", "lmtp_over_quota_perm_failure")
 	AdminPassword string            // "" = random; set it when SASLSocket's responder must know it
+	// CardDAV runs Cyrus's httpd with the CardDAV module (httpmodules:
+	// carddav) on Cyrus.HTTPAddr. Sieve's extlists (":addrbook:Default")
+	// compiles only then, and looks senders up in the address books
+	// AddContact fills. Needs httpd (Debian's cyrus-caldav).
+	CardDAV bool
 }
 
 // Cyrus is a running throwaway Cyrus instance.
 type Cyrus struct {
 	Dir, ConfPath                       string
 	IMAPAddr, LMTPAddr, SieveAddr       string // 127.0.0.1:port; LMTPAddr is `lmtpd -a` on TCP
+	HTTPAddr                            string // 127.0.0.1:port of httpd (CardDAV); "" without CyrusOptions.CardDAV
 	LMTPSocket, SmmapSocket             string // UNIX sockets served by lmtpd and smmapd
 	NotifySocket                        string // imapd.conf notifysocket; nothing serves it unless a test does
 	SASLSocket                          string // where Cyrus asks saslauthd
@@ -56,10 +62,11 @@ type Cyrus struct {
 }
 
 // StartCyrus starts Cyrus's master in a new lab directory and returns once
-// IMAP, both LMTP listeners, ManageSieve and smmapd answer. At cleanup it
-// stops master (SIGTERM, waited, with its children), the responder and the
-// syslog catcher and removes the directory; if the test failed it first logs
-// the tail of master's output and this instance's syslog lines.
+// IMAP, both LMTP listeners, ManageSieve and smmapd (and httpd with
+// CyrusOptions.CardDAV) answer. At cleanup it stops master (SIGTERM,
+// waited, with its children), the responder and the syslog catcher and
+// removes the directory; if the test failed it first logs the tail of
+// master's output and this instance's syslog lines.
 func StartCyrus(t testing.TB, opts CyrusOptions) *Cyrus {
 	t.Helper()
 	requireRoot(t, "cyrus master")
@@ -70,7 +77,11 @@ func StartCyrus(t testing.TB, opts CyrusOptions) *Cyrus {
 		master = Tool(t, "SIDECAR_CYRUS_MASTER", "master", cyrusBinDir)
 	}
 	bin := filepath.Dir(master)
-	for _, name := range []string{"imapd", "lmtpd", "timsieved", "smmapd", "ctl_cyrusdb"} {
+	services := []string{"imapd", "lmtpd", "timsieved", "smmapd", "ctl_cyrusdb"}
+	if opts.CardDAV {
+		services = append(services, "httpd") // Debian: package cyrus-caldav
+	}
+	for _, name := range services {
 		if !isExecutable(filepath.Join(bin, name)) {
 			missingPeer(t, "cyrus %s not found next to %s", name, master)
 		}
@@ -96,10 +107,17 @@ func StartCyrus(t testing.TB, opts CyrusOptions) *Cyrus {
 	if c.AdminPassword == "" {
 		c.AdminPassword = rand.Text()
 	}
-	ports := freePorts(t, 3)
+	nPorts := 3
+	if opts.CardDAV {
+		nPorts++
+	}
+	ports := freePorts(t, nPorts)
 	c.IMAPAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
 	c.LMTPAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[1]))
 	c.SieveAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[2]))
+	if opts.CardDAV {
+		c.HTTPAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[3]))
+	}
 
 	// Facts §2 and pitfall 2: Debian's makedirs only knows /etc/imapd.conf.
 	root := ids{0, 0}
@@ -285,6 +303,13 @@ func (c *Cyrus) imapdConf(overrides map[string]string, sendmail string) string {
 		"postmaster":                   "postmaster",
 		"syslog_prefix":                c.prefix,
 	}
+	if c.HTTPAddr != "" {
+		// http_carddav.c: the module, and with it Sieve's extlists
+		// (sieve/interp.c), is on only when listed here. Basic auth over
+		// plain HTTP comes with allowplaintext (httpd.c); the address
+		// books live under addressbookprefix, default "#addressbooks".
+		conf["httpmodules"] = "carddav"
+	}
 	maps.Copy(conf, overrides)
 	var b strings.Builder
 	b.WriteString("# written by cyrus-sidecar/e2e/lab.StartCyrus\n")
@@ -300,6 +325,10 @@ func (c *Cyrus) cyrusConf(bin string) string {
 	cmd := func(name string, args ...string) string {
 		return strings.Join(append([]string{filepath.Join(bin, name), "-C", c.ConfPath}, args...), " ")
 	}
+	http := ""
+	if c.HTTPAddr != "" {
+		http = fmt.Sprintf("  http       cmd=\"%s\" listen=\"%s\" prefork=0\n", cmd("httpd"), c.HTTPAddr)
+	}
 	return fmt.Sprintf(`# written by cyrus-sidecar/e2e/lab.StartCyrus
 START {
   recover    cmd="%s"
@@ -310,7 +339,7 @@ SERVICES {
   lmtp       cmd="%s" listen="%s" prefork=0
   sieve      cmd="%s" listen="%s" prefork=0
   smmap      cmd="%s" listen="%s" prefork=0
-}
+%s}
 EVENTS {
   checkpoint cmd="%s" period=30
 }
@@ -320,7 +349,7 @@ EVENTS {
 		cmd("lmtpd"), c.LMTPSocket,
 		cmd("lmtpd", "-a"), c.LMTPAddr, // -a: pre-authorised, as Exim needs (facts §4)
 		cmd("timsieved"), c.SieveAddr,
-		cmd("smmapd"), c.SmmapSocket,
+		cmd("smmapd"), c.SmmapSocket, http,
 		cmd("ctl_cyrusdb", "-c"),
 	)
 }
@@ -358,16 +387,23 @@ func (c *Cyrus) probe() error {
 	// Every probe waits for an answer, so that the service has accepted the
 	// connection: a connection still queued on a listener when master gets
 	// SIGTERM makes 3.6.1's master spin (see aloneGrace in StartCyrus).
-	for _, a := range []struct {
+	type check struct {
 		name, network, addr, send, want string
 		end                             byte
-	}{
+	}
+	checks := []check{
 		{"lmtp socket", "unix", c.LMTPSocket, "", "220 ", '\n'},
 		{"lmtp tcp", "tcp", c.LMTPAddr, "", "220 ", '\n'},
 		{"sieve", "tcp", c.SieveAddr, "", `"IMPLEMENTATION"`, '\n'},
 		// smmapd speaks when asked: netstring "<map> <key>" (facts §7).
 		{"smmap", "unix", c.SmmapSocket, "15:lab probe@probe,", "NOTFOUND", ','},
-	} {
+	}
+	if c.HTTPAddr != "" {
+		// Any status line will do: httpd is up and parsing requests.
+		checks = append(checks, check{"http", "tcp", c.HTTPAddr,
+			"OPTIONS * HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n", "HTTP/1.1 ", '\n'})
+	}
+	for _, a := range checks {
 		conn, err := net.DialTimeout(a.network, a.addr, timeout)
 		if err != nil {
 			return fmt.Errorf("%s: %w", a.name, err)

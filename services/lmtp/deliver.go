@@ -76,14 +76,12 @@ func (s *Service) orgOf(ctx context.Context, addr string) (string, error) {
 	return org, nil
 }
 
-// deliver hands the message to Cyrus and returns one status per accepted
-// RCPT: nil never appears; a 2xx is Cyrus's own reply, relayed.
-func (ss *session) deliver(ctx context.Context, b *body, relation func(org string) string) []error {
-	// Each distinct mailbox once, in RCPT order: a duplicate RCPT, or a
-	// user reached directly and through an alias, is one delivery whose
-	// reply is fanned out (RFC 2033 §4.2 wants a reply per RCPT).
-	var targets []target
-	index := map[target]int{}
+// plan lists each distinct mailbox once, in RCPT order: a duplicate RCPT,
+// or a user reached directly and through an alias, is one delivery whose
+// reply is fanned out (RFC 2033 §4.2 wants a reply per RCPT). groups are
+// the Cyrus transactions, as indexes into targets.
+func (ss *session) plan(relation func(org string) string) (targets []target, index map[target]int, groups [][]int) {
+	index = map[target]int{}
 	for _, rc := range ss.rcpts {
 		for _, u := range rc.users {
 			t := target{u, relation(rc.org)}
@@ -93,10 +91,12 @@ func (ss *session) deliver(ctx context.Context, b *body, relation func(org strin
 			}
 		}
 	}
-	outcomes := make([]outcome, len(targets))
-	for _, group := range ss.transactions(targets) {
-		ss.deliverGroup(ctx, b, targets, group, outcomes)
-	}
+	return targets, index, ss.transactions(targets)
+}
+
+// statuses turns the mailboxes' outcomes into one status per accepted
+// RCPT: nil never appears; a 2xx is Cyrus's own reply, relayed.
+func (ss *session) statuses(outcomes []outcome, index map[target]int, relation func(org string) string) []error {
 	statuses := make([]error, len(ss.rcpts))
 	for i, rc := range ss.rcpts {
 		got := make([]outcome, len(rc.users))
@@ -134,19 +134,16 @@ func (ss *session) transactions(targets []target) [][]int {
 	return groups
 }
 
-func (ss *session) deliverGroup(ctx context.Context, b *body, targets []target, group []int, outcomes []outcome) {
+func (ss *session) deliverGroup(ctx context.Context, msg io.Reader, size int64, targets []target, group []int, outcomes []outcome) {
 	var stamp []byte
 	if rel := targets[group[0]].relation; rel != "" {
 		// RFC 5322 §3.6: a trace-like field at the top, as Received is.
 		stamp = fmt.Appendf(nil, "%s: %s\r\n", ss.cfg.RelationHeader, rel)
+		msg = io.MultiReader(bytes.NewReader(stamp), msg)
 	}
-	env := Envelope{From: ss.from, MailParams: ss.mailParams(int64(len(stamp)) + b.Size())}
+	env := Envelope{From: ss.from, MailParams: ss.mailParams(int64(len(stamp)) + size)}
 	for _, i := range group {
 		env.Rcpts = append(env.Rcpts, targets[i].user)
-	}
-	var msg io.Reader = b.Reader()
-	if stamp != nil {
-		msg = io.MultiReader(bytes.NewReader(stamp), msg)
 	}
 	replies, err := ss.s.up.deliver(ctx, env, msg)
 	if err != nil {
@@ -158,7 +155,40 @@ func (ss *session) deliverGroup(ctx context.Context, b *body, targets []target, 
 			outcomes[i].reply = replies[k]
 		}
 	}
-	ss.s.log.Info("delivered", "from", ss.from, "rcpts", env.Rcpts, "size", b.Size(), "cyrus", joinReplies(replies))
+	ss.s.log.Info("delivered", "from", ss.from, "rcpts", env.Rcpts, "size", size, "cyrus", joinReplies(replies))
+}
+
+// lateBody is a message that is not there yet: the first Cyrus transaction
+// runs up to Cyrus's 354 while the client is still sending, and its reads
+// wait until the spooled, checked message is ready. A message that fails
+// the checks makes them fail, and the transaction ends without the dot.
+type lateBody struct {
+	ctx   context.Context
+	ready chan struct{}
+	r     io.Reader
+	err   error
+}
+
+func newLateBody(ctx context.Context) *lateBody {
+	return &lateBody{ctx: ctx, ready: make(chan struct{})}
+}
+
+// set makes the message (or its failure) available; once.
+func (l *lateBody) set(r io.Reader, err error) {
+	l.r, l.err = r, err
+	close(l.ready)
+}
+
+func (l *lateBody) Read(p []byte) (int, error) {
+	select {
+	case <-l.ready:
+	case <-l.ctx.Done():
+		return 0, l.ctx.Err()
+	}
+	if l.err != nil {
+		return 0, l.err
+	}
+	return l.r.Read(p)
 }
 
 // verdict is a RCPT's status from its mailboxes' outcomes: Cyrus's reply
@@ -211,7 +241,10 @@ func noVerdict(err error) error {
 // mailParams are the MAIL FROM parameters Cyrus lmtpd understands (AUTH,
 // BODY, SIZE); everything else the client sent stays here.
 func (ss *session) mailParams(size int64) []string {
-	params := []string{fmt.Sprintf("SIZE=%d", size)}
+	var params []string
+	if size > 0 {
+		params = append(params, fmt.Sprintf("SIZE=%d", size))
+	}
 	if ss.opts == nil {
 		return params
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"time"
@@ -34,6 +35,7 @@ type session struct {
 	// on another for BDAT.
 	mu     sync.Mutex
 	inData chan struct{}
+	reset  bool // the running LMTPData ended because go-smtp aborted it (ErrDataReset)
 }
 
 // recipient is one accepted RCPT: the address as the client wrote it (the
@@ -50,21 +52,29 @@ func (ss *session) Reset() {
 	running := ss.inData
 	ss.mu.Unlock()
 	if running != nil {
+		// RSET (or LHLO) between BDAT chunks (RFC 3030 §3): go-smtp v0.25.1
+		// would start the next BDAT while the aborted message's goroutine
+		// still reports into the same field (a data race; the new
+		// transaction could read the old result). Let the aborted one
+		// finish, then end the connection; no MTA aborts that way, and the
+		// client keeps its message.
+		aborted := false
 		select {
 		case <-running:
+			ss.mu.Lock()
+			aborted = ss.reset
+			ss.mu.Unlock()
 		default:
-			// RSET (or LHLO) between BDAT chunks (RFC 3030 §3): go-smtp
-			// v0.25.1 would start the next BDAT while the aborted
-			// message's goroutine still reports into the same field (a
-			// data race; the new transaction could read the old result).
-			// Let the aborted one finish, then end the connection; no
-			// MTA aborts that way, and the client keeps its message.
 			<-running
-			if ss.fc != nil {
-				ss.fc.end("421 4.5.0 Transaction aborted during BDAT, closing connection")
-			}
+			aborted = true
+		}
+		if aborted && ss.fc != nil {
+			ss.fc.end("421 4.5.0 Transaction aborted during BDAT, closing connection")
 		}
 	}
+	ss.mu.Lock()
+	ss.inData, ss.reset = nil, false
+	ss.mu.Unlock()
 	ss.from, ss.opts, ss.rcpts = "", nil, nil
 	ss.setBusy(false)
 	ss.s.idle(ss.conn)
@@ -174,28 +184,70 @@ func (ss *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
 	defer close(done)
 	defer ss.s.idle(ss.conn)
 	cfg := ss.cfg
+	ctx := ss.s.hard
+	relation, err := ss.relations(ctx)
+	if err != nil {
+		ss.s.log.Error("sender lookup failed", "err", err)
+		return errStore
+	}
+	targets, index, groups := ss.plan(relation)
+	outcomes := make([]outcome, len(targets))
+	// A message the client announced as small starts its first Cyrus
+	// transaction now, so that after the client's final dot only the body
+	// and Cyrus's replies remain (one round trip less). Large ones wait:
+	// they would hold an lmtpd at 354 for as long as they take to arrive.
+	var late *lateBody
+	var early chan struct{}
+	if ss.opts != nil && ss.opts.Size > 0 && ss.opts.Size <= int64(cfg.SpoolMemory) {
+		late, early = newLateBody(ctx), make(chan struct{})
+		go func() {
+			defer close(early)
+			defer func() {
+				if p := recover(); p != nil { // no verdict: 451 for these
+					ss.s.log.Error("panic delivering", "panic", p, "stack", string(debug.Stack()))
+				}
+			}()
+			ss.deliverGroup(ctx, late, ss.opts.Size, targets, groups[0], outcomes)
+		}()
+	}
+	// abort ends the early transaction without the dot, for an answer that
+	// is not Cyrus's.
+	abort := func(answer error) error {
+		if late != nil {
+			late.set(nil, answer)
+			<-early
+		}
+		return answer
+	}
 	b, err := readBody(ss.dataReader(r), bodyPolicy{
 		Lenient: cfg.LineEndings == "lenient", MaxLine: cfg.MaxLine, MaxBytes: ss.s.limit(),
 		MemLimit: cfg.SpoolMemory, Dir: cfg.SpoolDir, StripHeader: cfg.RelationHeader,
 	})
 	if err != nil {
-		return bodyError(err)
+		if errors.Is(err, smtp.ErrDataReset) {
+			ss.mu.Lock()
+			ss.reset = true
+			ss.mu.Unlock()
+		}
+		return abort(bodyError(err))
 	}
-	defer b.Close()
+	defer b.Close() // after the early transaction is done with it: every path below waits
 	if ss.fc != nil && ss.fc.broken.Load() {
 		// The client went away before the end of its data: never deliver
 		// a message it did not finish sending.
-		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "Connection lost during the message"}
+		return abort(&smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "Connection lost during the message"})
 	}
-	ctx := ss.s.hard
-	relations, err := ss.relations(ctx)
-	if err != nil {
-		ss.s.log.Error("sender lookup failed", "err", err)
-		return errStore
+	rest := groups
+	if late != nil {
+		late.set(b.Reader(), nil)
+		<-early
+		rest = groups[1:]
 	}
-	verdicts := ss.deliver(ctx, b, relations)
-	for i, rc := range ss.rcpts {
-		status.SetStatus(rc.rcpt, verdicts[i])
+	for _, g := range rest {
+		ss.deliverGroup(ctx, b.Reader(), b.Size(), targets, g, outcomes)
+	}
+	for i, st := range ss.statuses(outcomes, index, relation) {
+		status.SetStatus(ss.rcpts[i].rcpt, st)
 	}
 	return nil
 }
