@@ -6,6 +6,7 @@ package listen
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"os/user"
@@ -125,6 +126,29 @@ func Listen(a string, opt Options) (net.Listener, error) {
 		return nil, fmt.Errorf("listen %s: %w", a, err)
 	}
 	return ln, nil
+}
+
+// ListenAll binds every address of a service's listen list with one socket
+// mode and group (mode as configured, "0660"), logging each; on an error it
+// closes what it had bound.
+func ListenAll(addrs []string, mode, group string, log *slog.Logger) ([]net.Listener, error) {
+	m, err := Mode(mode)
+	if err != nil {
+		return nil, err
+	}
+	var lns []net.Listener
+	for _, a := range addrs {
+		ln, err := Listen(a, Options{Mode: m, Group: group})
+		if err != nil {
+			for _, l := range lns {
+				l.Close()
+			}
+			return nil, err
+		}
+		lns = append(lns, ln)
+		log.Info("listening", "addr", a)
+	}
+	return lns, nil
 }
 
 func apply(path string, opt Options) error {

@@ -84,21 +84,11 @@ func upstreamCfg(cfg Config, cyrusLMTP string) upstreamConfig {
 // then waits in Exim's queue with a 451).
 func (s *Service) Listen() error {
 	cfg := s.cfg.Load()
-	mode, err := listen.Mode(cfg.SocketMode)
+	lns, err := listen.ListenAll(cfg.Listen, cfg.SocketMode, cfg.SocketGroup, s.log)
 	if err != nil {
 		return err
 	}
-	for _, a := range cfg.Listen {
-		ln, err := listen.Listen(a, listen.Options{Mode: mode, Group: cfg.SocketGroup})
-		if err != nil {
-			for _, l := range s.lns {
-				l.Close()
-			}
-			return err
-		}
-		s.lns = append(s.lns, ln)
-		s.log.Info("listening", "addr", a)
-	}
+	s.lns = lns
 	ctx, cancel := context.WithTimeout(context.Background(), min(cfg.CyrusConnectTimeout, 2*time.Second))
 	defer cancel()
 	if n, err := s.up.size(ctx); err != nil {

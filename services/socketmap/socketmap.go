@@ -155,22 +155,9 @@ func New(cfg Config, st Store, canon store.Canon, log *slog.Logger) *Service {
 // Listen binds every configured address.
 func (s *Service) Listen() error {
 	cfg := s.cfg.Load()
-	mode, err := listen.Mode(cfg.SocketMode)
-	if err != nil {
-		return err
-	}
-	for _, a := range cfg.Listen {
-		ln, err := listen.Listen(a, listen.Options{Mode: mode, Group: cfg.SocketGroup})
-		if err != nil {
-			for _, l := range s.lns {
-				l.Close()
-			}
-			return err
-		}
-		s.lns = append(s.lns, ln)
-		s.log.Info("listening", "addr", a)
-	}
-	return nil
+	lns, err := listen.ListenAll(cfg.Listen, cfg.SocketMode, cfg.SocketGroup, s.log)
+	s.lns = lns
+	return err
 }
 
 // Reload takes new limits, timeouts and map names; listen addresses and the
