@@ -134,7 +134,8 @@ func (s *Service) pass(ctx context.Context, cfg *Config) time.Time {
 			soonest(v.End)
 			// Idempotent: nothing to do when what we installed last was
 			// rendered from these very settings.
-			if st.ScriptHash != "" && st.LastError == "" && st.ScriptHash == s.settingsHash(ctx, cfg, v) {
+			// ("report" keeps its note in LastError: not a failure.)
+			if st.ScriptHash != "" && (st.LastError == "" || st.Mode == "report") && st.ScriptHash == s.settingsHash(ctx, cfg, v) {
 				continue
 			}
 			jobs = append(jobs, job{v.Address, v, st})

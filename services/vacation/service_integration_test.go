@@ -507,3 +507,72 @@ func TestVacationEnds(t *testing.T) {
 		t.Errorf("after the end date: %+v, want nothing of ours left", scripts)
 	}
 }
+
+// TestVacationPolicies: "wrap" activates our wrapper including the user's
+// script and gives it back afterwards; "report" activates nothing and says
+// so; and a pass with nothing changed uploads nothing.
+func TestVacationPolicies(t *testing.T) {
+	for _, policy := range []string{"wrap", "report"} {
+		t.Run(policy, func(t *testing.T) {
+			e := newE2E(t, nil, func(c *Config) { c.Policy = policy })
+			ctx := context.Background()
+			alice, _ := e.canon.Address("alice@example.com")
+			sv := e.sieve(t, "alice")
+			if err := sv.PutScript("mine", mine); err != nil {
+				t.Fatal(err)
+			}
+			if err := sv.SetActive("mine"); err != nil {
+				t.Fatal(err)
+			}
+			sv.Logout()
+			if err := e.st.SetVacation(ctx, alice, store.Vacation{State: "on", Subject: "Away", InternalText: "in",
+				ExternalText: "out text", Audience: "all", Days: 3}); err != nil {
+				t.Fatal(err)
+			}
+			st := e.waitState(t, "alice@example.com", func(s store.SieveState) bool { return s.ScriptHash != "" })
+			sv = e.sieve(t, "alice")
+			scripts, _ := sv.ListScripts()
+			if got, _ := sv.GetScript("mine"); got != mine {
+				t.Errorf("the user's script was changed: %q", got)
+			}
+			sv.Logout()
+			e.send(t, "x@outside.example", "alice@example.com", headers("x@outside.example", "alice@example.com", "hi"), "hi\r\n")
+			if policy == "wrap" {
+				if st.Mode != "wrapper" || st.PrevActive != "mine" || activeScript(scripts) != "cyrus-sidecar" {
+					t.Errorf("wrap: state %+v, scripts %+v", st, scripts)
+				}
+				if r := e.waitReplies(t, "x@outside.example", 1); !strings.Contains(replyBody(r[0]), "out text") {
+					t.Errorf("wrap: reply %q", r[0].Data)
+				}
+			} else {
+				if st.Mode != "report" || !strings.Contains(st.LastError, "policy is \"report\"") || activeScript(scripts) != "mine" {
+					t.Errorf("report: state %+v, scripts %+v", st, scripts)
+				}
+				e.waitReplies(t, "x@outside.example", 0)
+			}
+			// Idempotent: store changes that do not touch alice's
+			// vacation make passes, and none uploads anything again.
+			{
+				for i := range 3 {
+					a, _ := e.canon.Address(fmt.Sprintf("other%d-%s@example.com", i, policy))
+					if _, err := e.st.AddUser(ctx, store.NewUser{Address: a}); err != nil {
+						t.Fatal(err)
+					}
+					time.Sleep(150 * time.Millisecond) // > poll: a pass each
+				}
+				if again, _ := e.st.SieveState(ctx, "alice@example.com"); !again.InstalledAt.Equal(st.InstalledAt) {
+					t.Errorf("reinstalled with nothing changed: %v then %v", st.InstalledAt, again.InstalledAt)
+				}
+			}
+			if err := e.st.VacationOff(ctx, alice); err != nil {
+				t.Fatal(err)
+			}
+			e.waitState(t, "alice@example.com", func(s store.SieveState) bool { return s.ScriptHash == "" && s.Mode == "" })
+			sv = e.sieve(t, "alice")
+			scripts, _ = sv.ListScripts()
+			if got, _ := sv.GetScript("mine"); got != mine || len(scripts) != 1 || activeScript(scripts) != "mine" {
+				t.Errorf("after off: mine %q, scripts %+v; want mine alone, active, unchanged", got, scripts)
+			}
+		})
+	}
+}
