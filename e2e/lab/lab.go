@@ -249,3 +249,21 @@ func lastLines(s string, n int) string {
 	}
 	return strings.Join(lines, "\n")
 }
+
+// BuildSidecar builds the cyrus-sidecar binary from the repository into a
+// temporary directory and returns its path: for tests and benchmarks that
+// run `serve` or the admin commands as their own processes.
+func BuildSidecar(t testing.TB) string {
+	t.Helper()
+	goTool, err := exec.LookPath("go") // go test puts GOROOT/bin first in PATH
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(t.TempDir(), "cyrus-sidecar")
+	build := exec.Command(goTool, "build", "-o", bin, ".")
+	build.Dir = RepoRoot(t)
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}

@@ -100,7 +100,7 @@ func BenchmarkLMTP(b *testing.B) {
 	}
 	st, _ := labStore(b)
 	cy := labCyrus(b)
-	bin := benchBuild(b, dir)
+	bin := lab.BuildSidecar(b)
 	noop := benchNoop(b, dir)
 	sink := &benchTarget{name: "sink", network: "unix", addr: noop.sink, front: noop.cpu}
 	ours := benchServe(b, bin, dir, "ours", st.Path(), cy.LMTPSocket)
@@ -550,21 +550,6 @@ type benchServer struct {
 	tcp        string // the do-nothing server's TCP address
 	pid        int
 	cpu        func(testing.TB) map[int]int64
-}
-
-// benchBuild builds the cyrus-sidecar binary.
-func benchBuild(b *testing.B, dir string) string {
-	goTool, err := exec.LookPath("go") // go test puts GOROOT/bin first in PATH
-	if err != nil {
-		b.Fatal(err)
-	}
-	bin := filepath.Join(dir, "cyrus-sidecar")
-	build := exec.Command(goTool, "build", "-o", bin, ".")
-	build.Dir = lab.RepoRoot(b)
-	if out, err := build.CombinedOutput(); err != nil {
-		b.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
 }
 
 // benchServe runs `cyrus-sidecar serve` with only the LMTP proxy, on the

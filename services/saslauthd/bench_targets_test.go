@@ -254,21 +254,6 @@ func TestSaslauthdBenchNoop(t *testing.T) {
 	wg.Wait()
 }
 
-// benchBuildServe builds the binary once for every serve target.
-func benchBuildServe(b *testing.B, dir string) string {
-	goTool, err := exec.LookPath("go") // go test puts GOROOT/bin first in PATH
-	if err != nil {
-		b.Fatal(err)
-	}
-	bin := filepath.Join(dir, "cyrus-sidecar")
-	build := exec.Command(goTool, "build", "-o", bin, ".")
-	build.Dir = lab.RepoRoot(b)
-	if out, err := build.CombinedOutput(); err != nil {
-		b.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
-}
-
 // benchServeConfig is one serve target: its name, alice's hash and the
 // settings that differ from the defaults.
 type benchServeConfig struct {

@@ -80,7 +80,7 @@ func BenchmarkSaslauthd(b *testing.B) {
 	if len(dir)+len("/shadow-c/mux.accept") >= 100 {
 		b.Fatalf("temp dir %s too long for UNIX sockets; set TMPDIR=/tmp", dir)
 	}
-	bin := benchBuildServe(b, dir)
+	bin := lab.BuildSidecar(b)
 	targets := []*benchTarget{
 		benchSasldb(b, dir),
 		benchShadow(b, dir),

@@ -292,25 +292,12 @@ func TestTestsaslauthd(t *testing.T) {
 	}
 }
 
-// buildCLI builds the cyrus-sidecar binary from the module root.
-func buildCLI(t *testing.T) string {
-	t.Helper()
-	goBin := lab.Tool(t, "", "go")
-	bin := filepath.Join(t.TempDir(), "cyrus-sidecar")
-	cmd := exec.CommandContext(t.Context(), goBin, "build", "-o", bin, ".")
-	cmd.Dir = lab.RepoRoot(t)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
-}
-
 // TestCLIRevocation: a password change and a disable made by the CLI in
 // another process are refused on the very next login, although the
 // responder's cache holds the old password.
 func TestCLIRevocation(t *testing.T) {
 	sasl := lab.Tool(t, "SIDECAR_TESTSASLAUTHD", "testsaslauthd", "/usr/sbin")
-	cli := buildCLI(t)
+	cli := lab.BuildSidecar(t)
 	e := startReal(t)
 	cfg := filepath.Join(t.TempDir(), "config.toml")
 	// The smallest argon2id cost, as the responder's own users have: the

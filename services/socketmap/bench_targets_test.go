@@ -150,16 +150,7 @@ func TestSocketmapBenchNoop(t *testing.T) {
 // holding the benchmark's users, with the mailbox map named "cyrus" so that
 // it gets smmapd's very requests. The quota check is off (its default).
 func benchServe(b *testing.B, dir string) *benchTarget {
-	goTool, err := exec.LookPath("go") // go test puts GOROOT/bin first in PATH
-	if err != nil {
-		b.Fatal(err)
-	}
-	bin := filepath.Join(dir, "cyrus-sidecar")
-	build := exec.Command(goTool, "build", "-o", bin, ".")
-	build.Dir = lab.RepoRoot(b)
-	if out, err := build.CombinedOutput(); err != nil {
-		b.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := lab.BuildSidecar(b)
 
 	db := filepath.Join(dir, "store.db")
 	st, err := store.Open(b.Context(), db, store.Options{})

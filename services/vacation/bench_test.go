@@ -30,12 +30,7 @@ func BenchmarkVacation(b *testing.B) {
 
 func benchEditToActive(b *testing.B) {
 	e := newE2E(b, nil, nil)
-	bin := filepath.Join(b.TempDir(), "cyrus-sidecar")
-	build := exec.Command("go", "build", "-o", bin, ".")
-	build.Dir = lab.RepoRoot(b)
-	if out, err := build.CombinedOutput(); err != nil {
-		b.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := lab.BuildSidecar(b)
 	conf := filepath.Join(b.TempDir(), "config.toml")
 	os.WriteFile(conf, []byte(fmt.Sprintf("[store]\npath = %q\n[cyrus]\ndefault_domain = \"example.com\"\n", e.path)), 0o644)
 	cli := func(args ...string) {
