@@ -571,6 +571,8 @@ shutdown_grace = "1s"
 enabled = false
 [socketmap]
 enabled = false
+[vacation]
+enabled = false
 [lmtp]
 listen = [%q]
 hostname = "sidecar.bench.localhost"

@@ -82,20 +82,33 @@ func (au *authenticator) Authenticate(ctx context.Context, login, realm, service
 // decide checks one login already canonicalised (the responder needs the
 // canonical login before deciding, for the failure brake).
 func (au *authenticator) decide(ctx context.Context, a store.Address, service, pw string) Result {
-	r := Result{User: a.String()}
+	return au.decideAs(ctx, a, a.String(), service, pw, au.now())
+}
+
+// decideAs is decide with a.String() and the time already at hand. It is
+// the cache-hit path only, kept small: its frame and its callees' are the
+// stack a connection's goroutine must grow to, and a miss goes on in
+// decideUncached with frames of its own.
+func (au *authenticator) decideAs(ctx context.Context, a store.Address, user, service, pw string, now time.Time) Result {
 	service = strings.ToLower(service)
 	gen, err := au.st.Generation(ctx)
 	if err != nil {
-		r.Reason = reasonStore
-		return r
+		return Result{User: user, Reason: reasonStore}
 	}
-	cfg := au.cfg()
-	now := au.now()
-	ck := au.cache.key(r.User, service, pw)
+	ck := au.cache.key(user, service, pw)
 	if au.cache.hit(ck, gen, now) {
-		r.OK, r.Reason, r.Via = true, reasonOK, "cache"
-		return r
+		return Result{OK: true, User: user, Reason: reasonOK, Via: "cache"}
 	}
+	return au.decideUncached(ctx, a, user, service, pw, gen, ck, now)
+}
+
+// decideUncached is decideAs after a cache miss. service is lower case.
+//
+//go:noinline
+func (au *authenticator) decideUncached(ctx context.Context, a store.Address, user, service, pw string,
+	gen int64, ck [32]byte, now time.Time) Result {
+	r := Result{User: user}
+	cfg := au.cfg()
 	u, err := au.st.User(ctx, a)
 	if errors.Is(err, store.ErrNotFound) && cfg.AllowAliasLogin {
 		// With an alias login the account is the user the alias reaches.

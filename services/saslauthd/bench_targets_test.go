@@ -305,7 +305,7 @@ func benchServe(b *testing.B, bin string, c benchServeConfig) *benchTarget {
 	if c.fifthWait != "" {
 		fmt.Fprintf(&conf, "fifth_field_wait = %q\n", c.fifthWait)
 	}
-	conf.WriteString("[socketmap]\nenabled = false\n")
+	conf.WriteString("[socketmap]\nenabled = false\n[lmtp]\nenabled = false\n[vacation]\nenabled = false\n")
 	path := filepath.Join(dir, c.name+".toml")
 	if err := os.WriteFile(path, []byte(conf.String()), 0o644); err != nil {
 		b.Fatal(err)

@@ -24,7 +24,15 @@ type verifyCache struct {
 	mu      sync.RWMutex
 	max     int
 	entries map[[32]byte]cacheEntry
-	pool    sync.Pool // hash.Hash keyed with the process key
+	pool    sync.Pool // *keyer: a hash.Hash keyed with the process key
+}
+
+// keyer is an HMAC with scratch space for its input, so that computing a
+// key allocates nothing (writing each field through hash.Hash copied it to
+// the heap).
+type keyer struct {
+	h   hash.Hash
+	buf []byte
 }
 
 type cacheEntry struct {
@@ -36,23 +44,27 @@ func newVerifyCache(max int) *verifyCache {
 	key := make([]byte, 32)
 	rand.Read(key) // never fails (crypto/rand panics rather than return short)
 	c := &verifyCache{max: max, entries: make(map[[32]byte]cacheEntry)}
-	c.pool.New = func() any { return hmac.New(sha256.New, key) }
+	c.pool.New = func() any { return &keyer{h: hmac.New(sha256.New, key), buf: make([]byte, 0, 1024)} }
 	return c
 }
 
 // key derives an entry's key from what was checked. Fields are
 // length-prefixed so that no two different triples collide.
 func (c *verifyCache) key(user, service, password string) (k [32]byte) {
-	h := c.pool.Get().(hash.Hash)
-	h.Reset()
-	for _, f := range []string{user, service, password} {
-		var n [2]byte
-		n[0], n[1] = byte(len(f)>>8), byte(len(f))
-		h.Write(n[:])
-		h.Write([]byte(f))
+	kr := c.pool.Get().(*keyer)
+	b := kr.buf[:0]
+	for _, f := range [...]string{user, service, password} {
+		b = append(b, byte(len(f)>>8), byte(len(f)))
+		b = append(b, f...)
 	}
-	h.Sum(k[:0])
-	c.pool.Put(h)
+	kr.h.Reset()
+	kr.h.Write(b)
+	kr.h.Sum(k[:0])
+	clear(b) // the password was in it
+	if cap(b) <= 4096 {
+		kr.buf = b[:0]
+	}
+	c.pool.Put(kr)
 	return k
 }
 

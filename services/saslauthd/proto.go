@@ -147,17 +147,17 @@ func (r Request) MarshalText() ([]byte, error) { return []byte(r.String()), nil 
 // finished writing. On any error the Request is zero.
 func readRequest(r *bufio.Reader, more func() bool) (Request, error) {
 	var f [5]string
-	buf := make([]byte, maxField) // one buffer for all fields, never more
+	var buf []byte // made only for a reader smaller than a field
 	n := 0
 	for ; n < 4; n++ {
-		s, err := readField(r, n, buf)
+		s, err := readField(r, n, &buf)
 		if err != nil {
 			return Request{}, err
 		}
 		f[n] = s
 	}
 	if r.Buffered() > 0 || (more != nil && more()) {
-		s, err := readField(r, n, buf)
+		s, err := readField(r, n, &buf)
 		if err != nil {
 			return Request{}, err
 		}
@@ -180,27 +180,58 @@ func readRequest(r *bufio.Reader, more func() bool) (Request, error) {
 
 // readField reads counted string number i of a request. EOF is io.EOF only
 // before the first byte of the first field (a clean EOF: nothing was sent);
-// anywhere else it is io.ErrUnexpectedEOF. buf is scratch space of
-// maxField bytes.
-func readField(r *bufio.Reader, i int, buf []byte) (string, error) {
-	if _, err := io.ReadFull(r, buf[:2]); err != nil {
-		if i > 0 && errors.Is(err, io.EOF) {
-			err = io.ErrUnexpectedEOF
+// anywhere else it is io.ErrUnexpectedEOF. *buf is scratch space of
+// maxField bytes, made on first use.
+func readField(r *bufio.Reader, i int, buf *[]byte) (string, error) {
+	// Peek and Discard rather than io.ReadFull: the field is copied once,
+	// into its string, and buf does not escape to the heap.
+	p, err := r.Peek(2)
+	if err != nil {
+		if i > 0 || len(p) > 0 {
+			err = unexpected(err)
 		}
 		return "", err
 	}
-	n := int(buf[0])<<8 | int(buf[1]) // big-endian, like ntohs in ipc_unix.c
+	n := int(p[0])<<8 | int(p[1]) // big-endian, like ntohs in ipc_unix.c
+	r.Discard(2)
 	if n > maxField {
 		return "", fmt.Errorf("%w: %s is %d bytes", errTooLong, fieldNames[i], n)
 	}
-	if _, err := io.ReadFull(r, buf[:n]); err != nil {
-		if errors.Is(err, io.EOF) {
-			err = io.ErrUnexpectedEOF
+	if n <= r.Size() {
+		p, err := r.Peek(n)
+		if err != nil {
+			return "", unexpected(err)
 		}
-		return "", err
+		s := string(p)
+		r.Discard(n)
+		return s, nil
 	}
-	return string(buf[:n]), nil
+	// A reader smaller than a field (tests only: the service's holds a
+	// whole request).
+	if *buf == nil {
+		*buf = make([]byte, maxField)
+	}
+	b := (*buf)[:n]
+	if _, err := io.ReadFull(r, b); err != nil {
+		return "", unexpected(err)
+	}
+	return string(b), nil
 }
+
+// unexpected turns io.EOF inside a request into io.ErrUnexpectedEOF.
+func unexpected(err error) error {
+	if errors.Is(err, io.EOF) {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+// replyOK and replyNO are the two replies without a reason, shared by
+// every Write (which, per io.Writer, must not modify them).
+var (
+	replyOK = [4]byte{0, 2, 'O', 'K'}
+	replyNO = [4]byte{0, 2, 'N', 'O'}
+)
 
 // writeReply writes the reply "OK" or "NO", followed by " " and reason if
 // reason is not empty, as one counted string in one Write, so the client
@@ -214,6 +245,17 @@ func readField(r *bufio.Reader, i int, buf []byte) (string, error) {
 // Pass only generic text: detail belongs in our log, and the password is
 // never an argument here.
 func writeReply(w io.Writer, ok bool, reason string) error {
+	if reason == "" {
+		// The common replies, prebuilt: no allocation per request.
+		reply := replyNO[:]
+		if ok {
+			reply = replyOK[:]
+		}
+		if _, err := w.Write(reply); err != nil {
+			return fmt.Errorf("write saslauthd reply: %w", err)
+		}
+		return nil
+	}
 	status := "NO"
 	if ok {
 		status = "OK"

@@ -36,7 +36,15 @@ type Service struct {
 	slots chan struct{}
 	au    *authenticator
 	lim   *limiter
-	audit chan store.LoginEvent
+	// readers holds request readers (*bufio.Reader of maxRequest bytes): a
+	// fresh one per connection was a 4 KiB allocation each.
+	readers sync.Pool
+	// The audit queue is a slice under a mutex, not a channel: a send to
+	// the writer's channel woke it (and often an idle OS thread) on every
+	// login. The writer now wakes per batch (auditWake) or per auditEvery.
+	auditMu   sync.Mutex
+	auditBuf  []store.LoginEvent
+	auditWake chan struct{} // capacity 1: "a batch is waiting"
 	// dropped counts audit records lost to a full queue.
 	dropped   atomic.Int64
 	rehashes  sync.WaitGroup
@@ -47,8 +55,9 @@ type Service struct {
 // (LoadTokenKeys of cfg.TokenKeys).
 func New(cfg Config, keys TokenKeys, st Store, canon store.Canon, hasher *password.Hasher, log *slog.Logger) *Service {
 	s := &Service{st: st, log: log, slots: make(chan struct{}, cfg.MaxConns),
-		lim:   newLimiter(cfg.FailDelay, cfg.FailDelayMax, cfg.FailWindow),
-		audit: make(chan store.LoginEvent, auditQueue)}
+		lim:       newLimiter(cfg.FailDelay, cfg.FailDelayMax, cfg.FailWindow),
+		auditWake: make(chan struct{}, 1)}
+	s.readers.New = func() any { return bufio.NewReaderSize(nil, maxRequest) }
 	s.cfg.Store(&cfg)
 	s.keys.Store(&keys)
 	s.au = &authenticator{
@@ -134,7 +143,9 @@ func (s *Service) serveConn(ctx context.Context, c net.Conn) {
 			}
 		}
 	}()
-	br := bufio.NewReaderSize(c, 4096)
+	br := s.readers.Get().(*bufio.Reader)
+	br.Reset(c)
+	defer func() { br.Reset(nil); s.readers.Put(br) }()
 	more := func() bool {
 		if cfg.FifthFieldWait <= 0 {
 			return false
@@ -167,7 +178,11 @@ func (s *Service) serveConn(ctx context.Context, c net.Conn) {
 	answered = true
 	// The request's deadline covered reading and deciding; the answer gets
 	// a moment of its own, so a slow decision still reaches the client.
-	c.SetWriteDeadline(time.Now().Add(time.Second))
+	// When at least that moment is left anyway (the common case), the
+	// deadline already set bounds the write and is left alone.
+	if now := time.Now(); deadline.Sub(now) < time.Second {
+		c.SetWriteDeadline(now.Add(time.Second))
+	}
 	if err := writeReply(c, res.OK, ""); err != nil {
 		s.log.Debug("write reply", "err", err)
 	}
@@ -176,29 +191,27 @@ func (s *Service) serveConn(ctx context.Context, c net.Conn) {
 // authenticate adds the failure delay, the log line and the audit to the
 // decision.
 func (s *Service) authenticate(ctx context.Context, req Request) Result {
-	start := time.Now()
+	start := s.au.now()
 	// Canonicalised once, here: failures count per canonical login, so
 	// that "Alice" and "ALICE" are one account to the brake, as they are to
 	// Cyrus, and the decision takes the same address.
 	a, canonErr := s.au.canon.Login(req.Login, req.Realm)
-	key := req.Login + "\x00" + req.Realm
+	var user, key string
 	if canonErr == nil {
-		key = a.String()
+		user = a.String()
+		key = user
+	} else {
+		key = req.Login + "\x00" + req.Realm
 	}
 	if req.ClientAddr != "" {
 		key += "\x00" + req.ClientAddr
 	}
 	if d := s.lim.delay(key, start); d > 0 {
-		t := time.NewTimer(d)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-		}
+		brake(ctx, d)
 	}
 	res := Result{Reason: reasonMalformed}
 	if canonErr == nil {
-		res = s.au.decide(ctx, a, req.Service, req.Password)
+		res = s.au.decideAs(ctx, a, user, req.Service, req.Password, start)
 	}
 	if res.OK {
 		s.lim.success(key)
@@ -214,19 +227,57 @@ func (s *Service) authenticate(ctx context.Context, req Request) Result {
 		result = store.ResultOK
 		// Successes are in the audit; a log line each would cost more
 		// than a cached login itself. Failures are logged (fail2ban).
-		s.log.Debug("auth ok", "user", login, "service", req.Service, "via", res.Via, "dur", time.Since(start))
+		if s.log.Enabled(ctx, slog.LevelDebug) { // the arguments alone cost four allocations
+			s.logResult(ctx, slog.LevelDebug, "auth ok", login, req.Service, "via", res.Via, start)
+		}
 	} else {
-		s.log.Info("auth rejected", "user", login, "service", req.Service, "reason", res.Reason, "dur", time.Since(start))
+		s.logResult(ctx, slog.LevelInfo, "auth rejected", login, req.Service, "reason", res.Reason, start)
 	}
-	// The cache hit path is the common one: its audit record costs a
-	// channel send.
-	select {
-	case s.audit <- store.LoginEvent{At: start, Login: login, Service: req.Service, Result: result,
-		Reason: res.Reason, Client: req.ClientAddr}:
-	default:
-		s.dropped.Add(1)
-	}
+	s.record(store.LoginEvent{At: start, Login: login, Service: req.Service, Result: result,
+		Reason: res.Reason, Client: req.ClientAddr})
 	return res
+}
+
+// brake waits out a failure delay, or until ctx ends.
+//
+//go:noinline
+func brake(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}
+
+// logResult logs a decision. It is a function of its own so that its
+// arguments take no room in authenticate's frame, which every request's
+// goroutine stack must hold.
+//
+//go:noinline
+func (s *Service) logResult(ctx context.Context, level slog.Level, msg, login, service, k, v string, start time.Time) {
+	s.log.Log(ctx, level, msg, "user", login, "service", service, k, v, "dur", time.Since(start))
+}
+
+// record queues an audit record for writeAudit: an append under a mutex,
+// and a wake-up of the writer only when a batch is full. A full queue
+// drops the record (counted, and logged by the writer).
+func (s *Service) record(e store.LoginEvent) {
+	s.auditMu.Lock()
+	if len(s.auditBuf) >= auditQueue {
+		s.auditMu.Unlock()
+		s.dropped.Add(1)
+		return
+	}
+	s.auditBuf = append(s.auditBuf, e)
+	full := len(s.auditBuf) == auditBatch
+	s.auditMu.Unlock()
+	if full {
+		select {
+		case s.auditWake <- struct{}{}:
+		default: // already signalled
+		}
+	}
 }
 
 // writeAudit batches audit records into the store until ctx ends, then
@@ -236,6 +287,11 @@ func (s *Service) writeAudit(ctx context.Context) {
 	tick := time.NewTicker(auditEvery)
 	defer tick.Stop()
 	flush := func() {
+		// Swap buffers: records queued while this batch is written go to
+		// the one just written.
+		s.auditMu.Lock()
+		batch, s.auditBuf = s.auditBuf, batch[:0]
+		s.auditMu.Unlock()
 		if len(batch) == 0 {
 			return
 		}
@@ -244,30 +300,20 @@ func (s *Service) writeAudit(ctx context.Context) {
 		if err := s.st.RecordLogins(wctx, batch); err != nil {
 			s.log.Warn("audit write failed", "records", len(batch), "err", err)
 		}
-		batch = batch[:0]
+		clear(batch) // drop the strings before the buffer is reused
 		if n := s.dropped.Swap(0); n > 0 {
 			s.log.Warn("audit records dropped: queue full", "records", n)
 		}
 	}
 	for {
 		select {
-		case e := <-s.audit:
-			batch = append(batch, e)
-			if len(batch) >= auditBatch {
-				flush()
-			}
+		case <-s.auditWake:
+			flush()
 		case <-tick.C:
 			flush()
 		case <-ctx.Done():
-			for {
-				select {
-				case e := <-s.audit:
-					batch = append(batch, e)
-				default:
-					flush()
-					return
-				}
-			}
+			flush()
+			return
 		}
 	}
 }

@@ -190,6 +190,10 @@ default_domain = "example.com"
 format = "text"
 [serve]
 shutdown_grace = "1s"
+[lmtp]
+enabled = false
+[vacation]
+enabled = false
 [socketmap]
 listen = ["unix:%s"]
 [socketmap.maps]

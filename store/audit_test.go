@@ -1,0 +1,44 @@
+package store
+
+import (
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+)
+
+// TestRecordLogins: a batch comes back as it went in, in order, whatever
+// bytes the peer put in its strings, and across the 1000-row split.
+func TestRecordLogins(t *testing.T) {
+	st, _ := openTest(t)
+	ctx := t.Context()
+	at := time.Unix(1_700_000_000, 0).UTC()
+	odd := []string{`q"uote`, `back\slash`, "new\nline\ttab\x01\x1f\x7f", "ünïcödé ✓ \u2028", "bad\xffutf8", "", "x"}
+	var want []LoginEvent
+	for i := range 1500 {
+		want = append(want, LoginEvent{At: at.Add(time.Duration(i) * time.Second), Login: odd[i%len(odd)],
+			Service: fmt.Sprint("svc", i), Result: ResultOK, Reason: odd[(i+1)%len(odd)], Client: odd[(i+2)%len(odd)]})
+	}
+	// A batch of one.
+	clean := []LoginEvent{{At: at, Login: `a"b\c`, Service: "imap", Result: ResultFail, Reason: "wrong\npassword\x01\x1f\x7f ✓ \u2028", Client: "::1;993"}}
+	if err := st.RecordLogins(ctx, clean); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.RecordLogins(ctx, want); err != nil {
+		t.Fatal(err)
+	}
+	got, err := st.Logins(ctx, "", 10_000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Reverse(got) // newest first
+	want = append(clean, want...)
+	if len(got) != len(want) {
+		t.Fatalf("%d rows, want %d", len(got), len(want))
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("row %d = %#v, want %#v", i, got[i], want[i])
+		}
+	}
+}
