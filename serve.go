@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -146,12 +147,20 @@ func serve(cfg *Config, path string, log *slog.Logger, level *slog.LevelVar, sd 
 		current.Store(next)
 		log.Info("configuration reloaded", "config", source)
 	}))
+	if err := useActivation(log, getenv, services); err != nil {
+		return err
+	}
+	// running counts the services whose Run has not returned, for the
+	// watchdog's self-check.
+	var running atomic.Int32
 	for _, s := range services {
 		if err := s.svc.Listen(); err != nil {
 			return fmt.Errorf("%s: %w", s.name, err)
 		}
 		ctx, cancel := context.WithCancel(context.Background())
+		running.Add(1)
 		g.Add(func() error {
+			defer running.Add(-1)
 			if err := s.svc.Run(ctx); err != nil {
 				return fmt.Errorf("%s: %w", s.name, err)
 			}
@@ -172,6 +181,20 @@ func serve(cfg *Config, path string, log *slog.Logger, level *slog.LevelVar, sd 
 		stopCancel()
 	})
 
+	if every := watchdogInterval(getenv); every > 0 {
+		n := int32(len(services))
+		check := func(ctx context.Context) error {
+			if r := running.Load(); r != n {
+				return fmt.Errorf("%d of %d services have stopped", n-r, n)
+			}
+			_, err := st.Generation(ctx)
+			return err
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		g.Add(func() error { sd.watchdog(ctx, every, check); return nil }, func(error) { cancel() })
+		log.Info("watchdog enabled", "ping_every", every.String())
+	}
+
 	sd.notify("READY=1")
 	log.Info("ready", "services", len(services))
 	done := make(chan error, 1)
@@ -191,6 +214,37 @@ func serve(cfg *Config, path string, log *slog.Logger, level *slog.LevelVar, sd 
 		return nil
 	}
 	return err
+}
+
+// useActivation gives each service the sockets systemd passed under its
+// name (socket activation); those services do not bind their configured
+// addresses. Sockets under a name no enabled service has are logged and
+// closed.
+func useActivation(log *slog.Logger, getenv func(string) string, services []named) error {
+	passed, err := listenFDs(getenv)
+	if err != nil {
+		return err
+	}
+	for _, s := range services {
+		u, ok := s.svc.(interface{ UseListeners([]net.Listener) })
+		lns := passed[s.name]
+		if !ok || len(lns) == 0 {
+			continue
+		}
+		delete(passed, s.name)
+		for _, ln := range lns {
+			log.Info("listening on a socket from systemd", "service", s.name, "addr", ln.Addr().String())
+		}
+		u.UseListeners(lns)
+	}
+	for name, lns := range passed {
+		for _, ln := range lns {
+			log.Warn("closing a socket from systemd that no enabled service uses (FileDescriptorName= must be one of "+
+				strings.Join(activationNames, ", ")+")", "name", name, "addr", ln.Addr().String())
+			ln.Close()
+		}
+	}
+	return nil
 }
 
 // softMemoryLimit keeps the heap of a busy responder near its live size;

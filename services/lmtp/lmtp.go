@@ -79,16 +79,24 @@ func upstreamCfg(cfg Config, cyrusLMTP string) upstreamConfig {
 	}
 }
 
-// Listen binds every configured address and learns Cyrus's SIZE if Cyrus
-// answers now; a Cyrus that is down does not stop us from starting (mail
-// then waits in Exim's queue with a 451).
+// UseListeners makes the service serve on sockets opened by someone else
+// (systemd's socket activation) instead of binding its own; call it
+// before Listen.
+func (s *Service) UseListeners(lns []net.Listener) { s.lns = lns }
+
+// Listen binds every configured address (unless UseListeners gave it
+// sockets) and learns Cyrus's SIZE if Cyrus answers now; a Cyrus that is
+// down does not stop us from starting (mail then waits in Exim's queue
+// with a 451).
 func (s *Service) Listen() error {
 	cfg := s.cfg.Load()
-	lns, err := listen.ListenAll(cfg.Listen, cfg.SocketMode, cfg.SocketGroup, s.log)
-	if err != nil {
-		return err
+	if s.lns == nil {
+		lns, err := listen.ListenAll(cfg.Listen, cfg.SocketMode, cfg.SocketGroup, s.log)
+		if err != nil {
+			return err
+		}
+		s.lns = lns
 	}
-	s.lns = lns
 	ctx, cancel := context.WithTimeout(context.Background(), min(cfg.CyrusConnectTimeout, 2*time.Second))
 	defer cancel()
 	if n, err := s.up.size(ctx); err != nil {

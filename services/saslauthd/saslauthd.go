@@ -32,7 +32,7 @@ type Service struct {
 	keys  atomic.Pointer[TokenKeys]
 	st    Store
 	log   *slog.Logger
-	ln    net.Listener
+	lns   []net.Listener // from Listen or UseListeners
 	slots chan struct{}
 	au    *authenticator
 	lim   *limiter
@@ -72,8 +72,16 @@ func New(cfg Config, keys TokenKeys, st Store, canon store.Canon, hasher *passwo
 	return s
 }
 
-// Listen binds the socket.
+// UseListeners makes the service serve on sockets opened by someone else
+// (systemd's socket activation) instead of binding its own; call it
+// before Listen.
+func (s *Service) UseListeners(lns []net.Listener) { s.lns = lns }
+
+// Listen binds the socket, unless UseListeners gave it some.
 func (s *Service) Listen() error {
+	if s.lns != nil {
+		return nil
+	}
 	cfg := s.cfg.Load()
 	mode, err := listen.Mode(cfg.SocketMode)
 	if err != nil {
@@ -83,7 +91,7 @@ func (s *Service) Listen() error {
 	if err != nil {
 		return err
 	}
-	s.ln = ln
+	s.lns = []net.Listener{ln}
 	s.log.Info("listening", "addr", cfg.Listen)
 	return nil
 }
@@ -119,7 +127,11 @@ func (s *Service) Run(ctx context.Context, grace time.Duration) error {
 		Busy:   func(c net.Conn) { writeReply(c, false, "") },
 		Handle: s.serveConn,
 	}
-	srv.Serve(ctx, s.ln, func() time.Duration { return grace })
+	var wg sync.WaitGroup
+	for _, ln := range s.lns {
+		wg.Go(func() { srv.Serve(ctx, ln, func() time.Duration { return grace }) })
+	}
+	wg.Wait()
 	s.rehashes.Wait() // each is bounded by its own 30 s context
 	auditCancel()
 	auditDone.Wait()

@@ -152,8 +152,17 @@ func New(cfg Config, st Store, canon store.Canon, log *slog.Logger) *Service {
 	return s
 }
 
-// Listen binds every configured address.
+// UseListeners makes the service serve on sockets opened by someone else
+// (systemd's socket activation) instead of binding its own; call it
+// before Listen.
+func (s *Service) UseListeners(lns []net.Listener) { s.lns = lns }
+
+// Listen binds every configured address, unless UseListeners gave it
+// sockets.
 func (s *Service) Listen() error {
+	if s.lns != nil {
+		return nil
+	}
 	cfg := s.cfg.Load()
 	lns, err := listen.ListenAll(cfg.Listen, cfg.SocketMode, cfg.SocketGroup, s.log)
 	s.lns = lns
