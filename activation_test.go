@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"encoding/binary"
-	"encoding/json"
 	"io"
 	"log/slog"
 	"net"
@@ -41,33 +40,10 @@ func socketActivate(t *testing.T, dir, cfg string, addrs []string, names string)
 		args = append(args, "-l", a)
 	}
 	args = append(args, "--fdname="+names, "-E", "GORACE=halt_on_error=1", bin, "serve", "-config", cfg)
-	d.cmd = exec.Command(tool, args...)
-	d.cmd.Dir = dir
-	d.cmd.Env = filteredEnv()
-	stderr, err := d.cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := d.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if d.cmd.ProcessState == nil {
-			d.cmd.Process.Kill()
-			d.cmd.Wait()
-		}
-	})
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			var m map[string]any
-			if json.Unmarshal(sc.Bytes(), &m) != nil {
-				m = map[string]any{"msg": "unparsed: " + sc.Text()}
-			}
-			d.logs <- m
-		}
-		close(d.logs)
-	}()
+	cmd := exec.Command(tool, args...)
+	cmd.Dir = dir
+	cmd.Env = filteredEnv()
+	d.run(t, cmd)
 	return d
 }
 

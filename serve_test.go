@@ -41,20 +41,29 @@ func startServe(t *testing.T, dir string, args ...string) *daemon {
 			d.notify <- string(buf[:n])
 		}
 	}()
-	d.cmd = exec.Command(bin, append([]string{"serve"}, args...)...)
-	d.cmd.Dir = dir
-	d.cmd.Env = append(filteredEnv(), "NOTIFY_SOCKET="+sock)
-	stderr, err := d.cmd.StderrPipe()
+	cmd := exec.Command(bin, append([]string{"serve"}, args...)...)
+	cmd.Dir = dir
+	cmd.Env = append(filteredEnv(), "NOTIFY_SOCKET="+sock)
+	d.run(t, cmd)
+	return d
+}
+
+// run starts cmd as the daemon and feeds its JSON log lines (stderr) to
+// d.logs; it is killed at cleanup if still running.
+func (d *daemon) run(t *testing.T, cmd *exec.Cmd) {
+	t.Helper()
+	d.cmd = cmd
+	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := d.cmd.Start(); err != nil {
+	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		if d.cmd.ProcessState == nil {
-			d.cmd.Process.Kill()
-			d.cmd.Wait()
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			cmd.Wait()
 		}
 	})
 	go func() {
@@ -68,7 +77,6 @@ func startServe(t *testing.T, dir string, args ...string) *daemon {
 		}
 		close(d.logs)
 	}()
-	return d
 }
 
 // filteredEnv drops settings that would change serve's defaults.
