@@ -141,3 +141,18 @@ func BenchTime() time.Duration {
 	}
 	return time.Second
 }
+
+// NotifyReady sends READY=1 to $NOTIFY_SOCKET: the side of StartNotify a
+// benchmark's own helper process (a do-nothing server) runs.
+func NotifyReady(t testing.TB) {
+	t.Helper()
+	ready, err := net.Dial("unixgram", os.Getenv("NOTIFY_SOCKET"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = ready.Write([]byte("READY=1"))
+	ready.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+}

@@ -626,15 +626,7 @@ func TestLMTPBenchNoop(t *testing.T) {
 		}
 		lns = append(lns, ln)
 	}
-	ready, err := net.Dial("unixgram", os.Getenv("NOTIFY_SOCKET"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = ready.Write([]byte("READY=1"))
-	ready.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	lab.NotifyReady(t)
 	var wg sync.WaitGroup
 	for _, ln := range lns {
 		wg.Go(func() { srv.Serve(ln) })

@@ -110,15 +110,7 @@ func TestSocketmapBenchNoop(t *testing.T) {
 		t.Fatal(err)
 	}
 	context.AfterFunc(ctx, func() { ln.Close() })
-	ready, err := net.Dial("unixgram", os.Getenv("NOTIFY_SOCKET"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = ready.Write([]byte("READY=1"))
-	ready.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	lab.NotifyReady(t)
 	var wg sync.WaitGroup
 	for {
 		c, err := ln.Accept()
