@@ -130,6 +130,13 @@ func serve(cfg *Config, path string, log *slog.Logger, level *slog.LevelVar, sd 
 	if cfg.Vacation.Enabled {
 		services = append(services, named{"vacation", newVacationService(cfg, st, canon, log.With("service", "vacation"))})
 	}
+	if cfg.Metrics.Enabled {
+		m, err := newMetricsService(cfg, services, st, log.With("service", "metrics"))
+		if err != nil {
+			return fmt.Errorf("metrics: %w", err)
+		}
+		services = append(services, named{"metrics", m})
+	}
 
 	var g run.Group
 	g.Add(stopOnSignal(syscall.SIGINT, syscall.SIGTERM))
@@ -401,6 +408,8 @@ func warnRestart(log *slog.Logger, old, next *Config) {
 		{"store.busy_timeout", old.Store.BusyTimeout, next.Store.BusyTimeout},
 		{"cyrus.default_domain", old.Cyrus.DefaultDomain, next.Cyrus.DefaultDomain},
 		{"cyrus.detail_separator", old.Cyrus.DetailSeparator, next.Cyrus.DetailSeparator},
+		{"metrics.enabled", old.Metrics.Enabled, next.Metrics.Enabled},
+		{"metrics.listen", old.Metrics.Listen, next.Metrics.Listen},
 	} {
 		if d.old != d.new {
 			log.Warn("restart required for a changed setting", "key", d.key, "running", d.old, "file", d.new)

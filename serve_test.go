@@ -3,6 +3,8 @@ package main
 import (
 	"bufio"
 	"encoding/json"
+	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -189,4 +191,96 @@ func TestServeBadConfigFailsStart(t *testing.T) {
 	if err == nil || !strings.Contains(string(out), "serve.shutdown_grace: must be a duration string") {
 		t.Errorf("serve with a bad config: %v\n%s", err, out)
 	}
+}
+
+// TestReloadKeepsConnections: a SIGHUP applies a renamed socketmap map to
+// a connection that was open before it, and an LMTP session open across
+// the reload goes on; neither is dropped.
+func TestReloadKeepsConnections(t *testing.T) {
+	dir := t.TempDir()
+	smap, lsock := filepath.Join(dir, "socketmap.sock"), filepath.Join(dir, "lmtp.sock")
+	cfg := filepath.Join(dir, "config.toml")
+	base := "[store]\npath = \"" + filepath.Join(dir, "store.db") + "\"\n" +
+		"[cyrus]\nlmtp = \"unix:" + filepath.Join(dir, "no-cyrus.sock") + "\"\n" +
+		"[saslauthd]\nlisten = \"unix:" + filepath.Join(dir, "sasl.sock") + "\"\n" +
+		"[lmtp]\nlisten = [\"unix:" + lsock + "\"]\n" +
+		"[vacation]\nenabled = false\n" +
+		"[socketmap]\nlisten = [\"unix:" + smap + "\"]\n"
+	if err := os.WriteFile(cfg, []byte(base), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d := startServe(t, dir, "-config", cfg)
+	d.waitLog(t, "ready")
+
+	sm, err := net.Dial("unix", smap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sm.Close()
+	sm.SetDeadline(time.Now().Add(30 * time.Second))
+	smr := bufio.NewReader(sm)
+	askMap := func(req string) string {
+		t.Helper()
+		fmt.Fprintf(sm, "%d:%s,", len(req), req)
+		reply, err := smr.ReadString(',')
+		if err != nil {
+			t.Fatalf("socketmap %q: %v", req, err)
+		}
+		return reply
+	}
+	if r := askMap("hosted example.org"); !strings.Contains(r, "PERM unknown map") {
+		t.Fatalf("before the reload: %q", r)
+	}
+
+	lc, err := net.Dial("unix", lsock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lc.Close()
+	lc.SetDeadline(time.Now().Add(30 * time.Second))
+	lr := bufio.NewReader(lc)
+	lmtpReply := func(cmd string) string {
+		t.Helper()
+		if cmd != "" {
+			io.WriteString(lc, cmd+"\r\n")
+		}
+		var last string
+		for {
+			line, err := lr.ReadString('\n')
+			if err != nil {
+				t.Fatalf("LMTP %q: %v", cmd, err)
+			}
+			if len(line) < 4 || line[3] != '-' {
+				last = line
+				break
+			}
+		}
+		return last
+	}
+	lmtpReply("") // greeting
+	if r := lmtpReply("LHLO test"); !strings.HasPrefix(r, "250") {
+		t.Fatalf("LHLO: %q", r)
+	}
+
+	next := base + "[socketmap.maps]\ndomain = \"hosted\"\n[log]\nlevel = \"debug\"\n"
+	if err := os.WriteFile(cfg, []byte(next), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	d.waitLog(t, "configuration reloaded")
+
+	if r := askMap("hosted example.org"); !strings.Contains(r, "NOTFOUND") {
+		t.Errorf("after the reload, on the same connection: %q", r)
+	}
+	if r := lmtpReply("MAIL FROM:<a@example.net>"); !strings.HasPrefix(r, "250") {
+		t.Errorf("MAIL after the reload: %q", r)
+	}
+	if r := lmtpReply("RCPT TO:<b@example.org>"); !strings.HasPrefix(r, "550 5.7.1") {
+		t.Errorf("RCPT after the reload: %q", r)
+	}
+	if r := lmtpReply("QUIT"); !strings.HasPrefix(r, "221") {
+		t.Errorf("QUIT: %q", r)
+	}
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	d.waitLog(t, "stopped on signal")
 }

@@ -13,7 +13,9 @@ import (
 // (never fatal), and a drain that lets connections finish within the grace
 // period and then closes what is left.
 type Server struct {
-	Log *slog.Logger
+	// Name labels the connection metrics ("saslauthd", "lmtp", ...).
+	Name string
+	Log  *slog.Logger
 	// Slots bounds open connections; its capacity is the limit.
 	Slots chan struct{}
 	// Busy answers a connection over the limit in the protocol's "try
@@ -30,6 +32,8 @@ type Server struct {
 func (s *Server) Serve(ctx context.Context, ln net.Listener, grace func() time.Duration) int {
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
+	accepted, refused := connsAccepted.WithLabelValues(s.Name), connsRefused.WithLabelValues(s.Name)
+	open := connsOpen.WithLabelValues(s.Name)
 	var conns connSet
 	var pause time.Duration
 	for {
@@ -53,15 +57,18 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, grace func() time.D
 		select {
 		case s.Slots <- struct{}{}:
 		default:
+			refused.Inc()
 			s.Log.Warn("connection limit reached", "max_connections", cap(s.Slots))
 			c.SetWriteDeadline(time.Now().Add(time.Second))
 			s.Busy(c)
 			c.Close()
 			continue
 		}
+		accepted.Inc()
+		open.Inc()
 		conns.add(c)
 		conns.wg.Go(func() {
-			defer func() { <-s.Slots }()
+			defer func() { <-s.Slots; open.Dec() }()
 			defer conns.remove(c)
 			s.Handle(ctx, c)
 		})
@@ -73,6 +80,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, grace func() time.D
 		return 0
 	case <-time.After(grace()):
 		n := conns.closeAll()
+		connsDropped.WithLabelValues(s.Name).Add(float64(n))
 		s.Log.Warn("shutdown grace over, connections closed", "dropped", n)
 		<-done
 		return n

@@ -44,8 +44,10 @@ func (s *Service) resolve(ctx context.Context, a store.Address) (store.Resolutio
 	r, ok := c.entries[key]
 	c.mu.Unlock()
 	if ok {
+		cacheHit.Inc()
 		return r, nil
 	}
+	cacheMiss.Inc()
 	r, err = s.st.Resolve(ctx, s.canon, a)
 	if err != nil {
 		return r, err

@@ -47,6 +47,7 @@ func TestFaultCyrusSocketMissing(t *testing.T) {
 	cy := labCyrus(t)
 	p := faultProxy(t, st, c, "unix:"+filepath.Join(t.TempDir(), "no-such-socket"), nil)
 	before := faultUIDNext(t, cy)
+	deferred, failed := metricDelta(recipients.WithLabelValues("deferred")), metricDelta(cyrusRequest("deliver", "error"))
 	cl := faultDial(t, p, true)
 	rcpts := []string{"alice@example.com", "carol@partner.org"}
 	for _, mode := range []string{"DATA", "BDAT"} {
@@ -60,6 +61,14 @@ func TestFaultCyrusSocketMissing(t *testing.T) {
 		}
 	}
 	faultUnchanged(t, cy, before, "Cyrus socket missing")
+	// Each message: two recipients deferred; a transaction per recipient
+	// (one_rcpt_per_transaction), each failing to reach Cyrus.
+	if n := deferred(); n != 4 {
+		t.Errorf("recipients_total{result=\"deferred\"} went up by %v, want 4", n)
+	}
+	if n := failed(); n != 4 {
+		t.Errorf("cyrus_requests_total{service=\"lmtp\",op=\"deliver\",result=\"error\"} went up by %v, want 4", n)
+	}
 }
 
 func TestFaultCyrusDiesMidData(t *testing.T) {

@@ -337,6 +337,7 @@ func TestEximDeliversThroughProxy(t *testing.T) {
 	p := labProxy(t, st, c, "unix:"+cy.LMTPSocket, nil)
 	e := newExim(t, p, "")
 	e.StartDaemon(t)
+	delivered, deliveredOK := metricDelta(recipients.WithLabelValues("delivered")), metricDelta(cyrusRequest("deliver", "ok"))
 
 	// A body that needs dot-stuffing, a long line (over go-smtp's default
 	// 2000, within Exim's 998? no: Exim wraps nothing, so keep it at 998),
@@ -359,6 +360,13 @@ func TestEximDeliversThroughProxy(t *testing.T) {
 	if n := strings.Count(head, "X-Sidecar-Sender-Relation:"); n != 1 ||
 		!strings.Contains(head, "\r\nX-Sidecar-Sender-Relation: external\r\nReceived: from [127.0.0.1] (helo=client.example)") {
 		t.Errorf("relation header: want exactly one, ours, saying external, above Exim's Received; headers:\n%s", head)
+	}
+	// The metrics saw it: one recipient delivered, one Cyrus round trip.
+	if n := delivered(); n != 1 {
+		t.Errorf("recipients_total{result=\"delivered\"} went up by %v, want 1", n)
+	}
+	if n := deliveredOK(); n != 1 {
+		t.Errorf("cyrus_requests_total{service=\"lmtp\",op=\"deliver\",result=\"ok\"} went up by %v, want 1", n)
 	}
 	// Exim's delivery line carries "K" when the message went with BDAT.
 	if !strings.Contains(e.MainLog(), "[127.0.0.1] K C=\"250 2.1.5 <alice@example.com>") {

@@ -168,7 +168,7 @@ func (s *Service) Reload(cfg Config) {
 // reply keeps its message queued: never a loss).
 func (s *Service) Run(ctx context.Context, grace func() time.Duration) error {
 	feed := newFeedListener(s.lns[0].Addr())
-	srv := &listen.Server{Log: s.log, Slots: s.slots,
+	srv := &listen.Server{Name: "lmtp", Log: s.log, Slots: s.slots,
 		// RFC 5321 §3.8: 421 and close; never a 5xx greeting, which
 		// Exim would cache against the domain.
 		Busy: func(c net.Conn) { c.Write([]byte("421 4.3.2 Too many connections, try again later\r\n")) },

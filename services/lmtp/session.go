@@ -108,11 +108,17 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 // skip every later callout for the domain). Only recipients the store knows
 // are ever shown to Cyrus, which would otherwise autocreate mailboxes.
 func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+	err := ss.rcpt(to)
+	rcpts.WithLabelValues(rcptResult(err)).Inc()
+	return err
+}
+
+func (ss *session) rcpt(to string) error {
 	ctx, cancel := context.WithTimeout(ss.s.hard, storeTimeout)
 	defer cancel()
 	a, err := ss.s.canon.Address(to)
 	if err != nil {
-		return &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 1, 3}, Message: "Malformed mailbox address"}
+		return errMalformed
 	}
 	r, err := ss.s.resolve(ctx, a)
 	if err != nil {
@@ -121,9 +127,9 @@ func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	}
 	switch {
 	case !r.Hosted:
-		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "Relay not permitted: domain not hosted here"}
+		return errNotHosted
 	case r.Kind == store.KindUser && r.Disabled:
-		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 2, 1}, Message: "Mailbox disabled"}
+		return errDisabled
 	case len(r.Remote) > 0:
 		// We deliver into Cyrus only: an outside target would be
 		// dropped. Deferred, so the mail waits while the MTA is
@@ -131,7 +137,7 @@ func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 		ss.s.log.Error("alias with outside targets reached the LMTP proxy; let the MTA expand aliases", "rcpt", a.String())
 		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 5}, Message: "Alias has outside targets; the MTA must expand it"}
 	case len(r.Users) == 0:
-		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "User unknown"}
+		return errUnknown
 	}
 	rc := recipient{rcpt: to, org: r.Org, users: r.Users}
 	if r.Kind == store.KindUser && a.Detail() != "" {
@@ -177,6 +183,19 @@ func (ss *session) Data(io.Reader) error {
 // leaves nothing behind; then it delivers and sets one status per RCPT, in
 // order, each Cyrus's own verdict or a 4xx (RFC 2033 §4.2).
 func (ss *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
+	// Counted now: after a failed BDAT, go-smtp may Reset the session
+	// while this is still returning.
+	n := len(ss.rcpts)
+	cs := &countingStatus{StatusCollector: status}
+	err := ss.lmtpData(r, cs)
+	if err != nil && cs.n == 0 {
+		// go-smtp gives this one answer to every recipient.
+		recipients.WithLabelValues(statusResult(err)).Add(float64(n))
+	}
+	return err
+}
+
+func (ss *session) lmtpData(r io.Reader, status smtp.StatusCollector) error {
 	done := make(chan struct{})
 	ss.mu.Lock()
 	ss.inData = done
@@ -232,6 +251,9 @@ func (ss *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
 		return abort(bodyError(err))
 	}
 	defer b.Close() // after the early transaction is done with it: every path below waits
+	receivedBytes.Add(float64(b.Size()))
+	delivering := time.Now()
+	defer func() { deliveryLatency.Observe(time.Since(delivering).Seconds()) }()
 	if ss.fc != nil && ss.fc.broken.Load() {
 		// The client went away before the end of its data: never deliver
 		// a message it did not finish sending.
@@ -307,6 +329,14 @@ func bodyError(err error) error {
 // errStore is the answer while the store cannot be read: temporary, never
 // a 5xx (a callout's negative answer is cached for hours).
 var errStore = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Directory temporarily unavailable, try again later"}
+
+// Rcpt's verdicts from the store (shared values: metrics tell them apart).
+var (
+	errMalformed = &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 1, 3}, Message: "Malformed mailbox address"}
+	errNotHosted = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "Relay not permitted: domain not hosted here"}
+	errDisabled  = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 2, 1}, Message: "Mailbox disabled"}
+	errUnknown   = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "User unknown"}
+)
 
 // unavailable is the answer when Cyrus cannot be asked.
 func unavailable(err error) *smtp.SMTPError {

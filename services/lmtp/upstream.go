@@ -190,8 +190,10 @@ func (u *upstream) config() upstreamConfig {
 // it. Once Cyrus said 354 there is no retry, and on any failure in the
 // body the connection is closed without the final dot (RFC 5321 §4.1.1.4:
 // only the dot commits the message).
-func (u *upstream) deliver(ctx context.Context, env Envelope, body io.Reader) ([]Reply, error) {
-	replies := make([]Reply, len(env.Rcpts))
+func (u *upstream) deliver(ctx context.Context, env Envelope, body io.Reader) (replies []Reply, err error) {
+	start := time.Now()
+	defer func() { observeCyrus("deliver", start, err) }()
+	replies = make([]Reply, len(env.Rcpts))
 	if len(env.Rcpts) == 0 {
 		return replies, errors.New("lmtp upstream: no recipients")
 	}
@@ -218,7 +220,9 @@ func (u *upstream) deliver(ctx context.Context, env Envelope, body io.Reader) ([
 // write. It returns the RCPT reply, or the MAIL reply if MAIL was refused
 // (such as 552 5.2.3 for a size over Cyrus's maxmessagesize). err is nil
 // exactly when the reply has a Code.
-func (u *upstream) check(ctx context.Context, rcpt string, size int64) (Reply, error) {
+func (u *upstream) check(ctx context.Context, rcpt string, size int64) (_ Reply, err error) {
+	start := time.Now()
+	defer func() { observeCyrus("check", start, err) }()
 	env := Envelope{Rcpts: []string{rcpt}}
 	if size > 0 {
 		env.MailParams = []string{"SIZE=" + strconv.FormatInt(size, 10)}
@@ -266,6 +270,15 @@ func (u *upstream) end(ctx context.Context, t *transaction, stop func() bool, er
 		}
 	}
 	return err
+}
+
+// poolStats is what the metrics show of the pool.
+type poolStats struct{ open, idle int }
+
+func (u *upstream) stats() poolStats {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return poolStats{u.open, len(u.idle)}
 }
 
 // size returns the SIZE Cyrus announced in its LHLO reply (0 = none),

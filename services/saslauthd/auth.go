@@ -97,8 +97,10 @@ func (au *authenticator) decideAs(ctx context.Context, a store.Address, user, se
 	}
 	ck := au.cache.key(user, service, pw)
 	if au.cache.hit(ck, gen, now) {
+		cacheHit.Inc()
 		return Result{OK: true, User: user, Reason: reasonOK, Via: "cache"}
 	}
+	cacheMiss.Inc()
 	return au.decideUncached(ctx, a, user, service, pw, gen, ck, now)
 }
 
@@ -271,6 +273,13 @@ func (au *authenticator) dummy(ctx context.Context, pw string) {
 }
 
 func (au *authenticator) acquire(ctx context.Context) bool {
+	select {
+	case au.workers <- struct{}{}:
+		return true // a free worker: no timer, no wait to record
+	default:
+	}
+	start := time.Now()
+	defer func() { verifyWait.Observe(time.Since(start).Seconds()) }()
 	t := time.NewTimer(au.cfg().VerifyQueueWait)
 	defer t.Stop()
 	select {

@@ -89,3 +89,9 @@ func (c *verifyCache) put(k [32]byte, gen int64, expires time.Time) {
 	}
 	c.entries[k] = cacheEntry{gen, expires}
 }
+
+func (c *verifyCache) len() int {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return len(c.entries)
+}

@@ -91,3 +91,9 @@ func (l *limiter) set(base, max, window time.Duration) {
 	defer l.mu.Unlock()
 	l.base, l.max, l.window = base, max, window
 }
+
+func (l *limiter) len() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.fails)
+}

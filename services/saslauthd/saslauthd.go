@@ -122,7 +122,7 @@ func (s *Service) Run(ctx context.Context, grace time.Duration) error {
 	var auditDone sync.WaitGroup
 	auditCtx, auditCancel := context.WithCancel(context.Background())
 	auditDone.Go(func() { s.writeAudit(auditCtx) })
-	srv := &listen.Server{Log: s.log, Slots: s.slots,
+	srv := &listen.Server{Name: "saslauthd", Log: s.log, Slots: s.slots,
 		// A fast NO, never a hang: Cyrus's client waits forever.
 		Busy:   func(c net.Conn) { writeReply(c, false, "") },
 		Handle: s.serveConn,
@@ -182,6 +182,7 @@ func (s *Service) serveConn(ctx context.Context, c net.Conn) {
 		// Too long, NUL, empty login or password: the request was whole
 		// but can never succeed. Answer like the reference server.
 		s.log.Warn("bad request", "err", err)
+		results[resultMalformed].n.Inc()
 		answered = true
 		writeReply(c, false, "")
 		return
@@ -219,6 +220,7 @@ func (s *Service) authenticate(ctx context.Context, req Request) Result {
 		key += "\x00" + req.ClientAddr
 	}
 	if d := s.lim.delay(key, start); d > 0 {
+		delays.Inc()
 		brake(ctx, d)
 	}
 	res := Result{Reason: reasonMalformed}
@@ -230,6 +232,7 @@ func (s *Service) authenticate(ctx context.Context, req Request) Result {
 	} else if res.Reason != reasonOverloaded && res.Reason != reasonStore {
 		s.lim.fail(key, time.Now())
 	}
+	observe(resultOf(res), start)
 	login := res.User
 	if login == "" {
 		login = req.Login
@@ -279,6 +282,7 @@ func (s *Service) record(e store.LoginEvent) {
 	if len(s.auditBuf) >= auditQueue {
 		s.auditMu.Unlock()
 		s.dropped.Add(1)
+		auditDropped.Inc()
 		return
 	}
 	s.auditBuf = append(s.auditBuf, e)

@@ -37,8 +37,10 @@ func (s *Service) answer(ctx context.Context, cfg *Config, req []byte) (status, 
 	gen, genErr := s.st.Generation(ctx)
 	if genErr == nil {
 		if e, ok := s.cache.get(gen, cfg, req); ok {
+			cacheHit.Inc()
 			return s.withQuota(ctx, e)
 		}
+		cacheMiss.Inc()
 	}
 	r := string(req)
 	mapName, key, _ := strings.Cut(r, " ")
@@ -215,4 +217,10 @@ func (c *cache) put(gen int64, cfg *Config, key string, e entry) {
 		c.gen, c.cfg, c.entries = gen, cfg, make(map[string]entry)
 	}
 	c.entries[key] = e
+}
+
+func (c *cache) len() int {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return len(c.entries)
 }

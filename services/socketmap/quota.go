@@ -53,6 +53,8 @@ func newQuotaChecker(addr string, timeout time.Duration) *quotaChecker {
 // its use limit, when Cyrus reloads): that failure is retried once on a new
 // connection, as Postfix's socketmap client does; a timeout is not.
 func (q *quotaChecker) check(ctx context.Context, address string) (status, data string, err error) {
+	start := time.Now()
+	defer func() { listen.ObserveCyrus("socketmap", "quota", start, err) }()
 	t := time.NewTimer(q.timeout)
 	select {
 	case q.slots <- struct{}{}:

@@ -188,7 +188,7 @@ func (s *Service) Reload(cfg Config) {
 // request they are in within grace and closes the rest. It returns nil:
 // accept errors are retried, not fatal.
 func (s *Service) Run(ctx context.Context, grace func() time.Duration) error {
-	srv := &listen.Server{Log: s.log, Slots: s.slots,
+	srv := &listen.Server{Name: "socketmap", Log: s.log, Slots: s.slots,
 		// A well-formed "try later" at once, never a hang (the client
 		// reads one reply to its one request).
 		Busy:   func(c net.Conn) { c.Write(appendNetstring(nil, "TEMP too many connections")) },
@@ -262,6 +262,7 @@ func (s *Service) serveConn(ctx context.Context, c net.Conn) {
 			if errors.Is(err, errSyntax) || errors.Is(err, errTooLarge) {
 				// Out of step: answer once, then close (as smmapd and
 				// postsrsd do), never guess where the next request starts.
+				badFraming.Inc()
 				s.log.Warn("bad request framing", "err", err, "remote", c.RemoteAddr().String())
 				bw.Write(appendNetstring(out[:0], "PERM bad netstring framing"))
 			} else if !errors.Is(err, io.EOF) && !errors.Is(err, os.ErrDeadlineExceeded) {
@@ -270,7 +271,9 @@ func (s *Service) serveConn(ctx context.Context, c net.Conn) {
 			return
 		}
 		pending = true
+		start := time.Now()
 		status, data := s.answer(answerCtx, cfg, req)
+		observe(cfg, req, status, start)
 		out = appendNetstring(out[:0], status, " ", data)
 		// bufio writes through by itself once a batch of replies fills
 		// its buffer: the write deadline must be current before any Write.

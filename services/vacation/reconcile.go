@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"time"
 
+	"cyrus-sidecar/services/listen"
 	"cyrus-sidecar/services/vacation/managesieve"
 	"cyrus-sidecar/store"
 )
@@ -16,11 +18,18 @@ func (s *Service) apply(ctx context.Context, cfg *Config, j job) {
 	st.Address = j.address
 	st.AttemptedAt = s.now().UTC()
 	var err error
+	action := "install"
 	if j.want != nil {
 		err = s.install(ctx, cfg, j.want, &st)
 	} else {
+		action = "remove"
 		err = s.remove(ctx, cfg, &st)
 	}
+	result := "ok"
+	if err != nil {
+		result = "error"
+	}
+	jobResults.WithLabelValues(action, result).Inc()
 	if err != nil {
 		st.LastError = err.Error()
 		s.failed(cfg, j.address)
@@ -40,7 +49,9 @@ func (s *Service) apply(ctx context.Context, cfg *Config, j job) {
 }
 
 // session opens a ManageSieve session acting for address.
-func (s *Service) session(ctx context.Context, cfg *Config, address string) (*managesieve.Client, error) {
+func (s *Service) session(ctx context.Context, cfg *Config, address string) (_ *managesieve.Client, err error) {
+	start := time.Now()
+	defer func() { listen.ObserveCyrus("vacation", "login", start, err) }()
 	password, err := s.cy.Password()
 	if err != nil {
 		return nil, fmt.Errorf("admin password: %w", err)

@@ -81,7 +81,10 @@ func (s *Service) Run(ctx context.Context) error {
 		if err != nil {
 			s.log.Warn("store unavailable", "err", err)
 		} else if gen != lastGen || !now.Before(nextFull) || (!nextEvent.IsZero() && !now.Before(nextEvent)) {
+			start := time.Now()
 			nextEvent = s.pass(ctx, cfg)
+			passes.Inc()
+			passLatency.Observe(time.Since(start).Seconds())
 			lastGen, nextFull = gen, now.Add(cfg.Interval)
 		}
 		select {
