@@ -426,3 +426,38 @@ func TestLimiterFlood(t *testing.T) {
 		t.Errorf("table grew to %d", len(l.fails))
 	}
 }
+
+// TestReload: a reload applies policy (alias logins) and token keys from
+// the next request, and keeps what needs a restart (the socket).
+func TestReload(t *testing.T) {
+	e := newEnv(t, nil)
+	ctx := context.Background()
+	al, _ := e.canon.Address("al@example.com")
+	alice, _ := e.canon.Address("alice@example.com")
+	if _, err := e.st.AddAlias(ctx, al, []store.Address{alice}); err != nil {
+		t.Fatal(err)
+	}
+	tok, err := IssueToken(TokenKeys{"new": []byte(strings.Repeat("n", 32))}, "new", "alice@example.com", "imap", 5*time.Minute, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := e.ask(t, "al", "secret", "imap", ""); got != "NO" {
+		t.Fatalf("alias login before the reload: %q", got)
+	}
+	if got := e.ask(t, "alice", tok, "imap", ""); got != "NO" {
+		t.Fatalf("token of an unknown issuer before the reload: %q", got)
+	}
+	cfg := *e.svc.cfg.Load()
+	cfg.AllowAliasLogin = true
+	cfg.Listen = "unix:" + filepath.Join(t.TempDir(), "elsewhere")
+	e.svc.Reload(cfg, TokenKeys{"new": []byte(strings.Repeat("n", 32))})
+	if got := e.ask(t, "al", "secret", "imap", ""); got != "OK" {
+		t.Errorf("alias login after a reload that allows it: %q", got)
+	}
+	if got := e.ask(t, "alice", tok, "imap", ""); got != "OK" {
+		t.Errorf("token of the reloaded issuer: %q", got)
+	}
+	if l := e.svc.cfg.Load().Listen; l != "unix:"+e.sock {
+		t.Errorf("listen changed by a reload to %q; it needs a restart", l)
+	}
+}
