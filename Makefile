@@ -8,7 +8,7 @@ PKGS := ./...
 # peer is a failure in strict mode, never a skip.
 TEST_FLAGS ?= -race -count=1 -timeout 25m
 
-.PHONY: test unit peers check fuzz bench build run clean
+.PHONY: test unit peers check fuzz bench build run clean deb
 
 test: peers check
 	SIDECAR_STRICT=1 $(GO) test $(TEST_FLAGS) -tags integration $(PKGS)
@@ -48,6 +48,11 @@ bench: peers
 
 build:
 	$(GO) build -o cyrus-sidecar .
+
+# The Debian package, var/deb/cyrus-sidecar_<version>_<arch>.deb: binary,
+# units, safe-mode config (docs/package.md). Needs only dpkg-deb.
+deb:
+	GO=$(GO) ./systemd/deb/build
 
 run:
 	$(GO) run . serve
