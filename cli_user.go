@@ -11,7 +11,7 @@ import (
 
 func cmdUser(args []string, std stdio, getenv func(string) string) error {
 	if len(args) == 0 {
-		return usagef("user: expected add, passwd, set, disable, enable, del, show or list")
+		return usagef("user: expected add, passwd, set, disable, enable, del, show, list or import")
 	}
 	sub, args := args[0], args[1:]
 	// No ^C handler: an interrupted command leaves the store as it was
@@ -19,6 +19,8 @@ func cmdUser(args []string, std stdio, getenv func(string) string) error {
 	// interruptible.
 	ctx := context.Background()
 	switch sub {
+	case "import":
+		return cmdUserImport(args, std, getenv)
 	case "add", "passwd":
 		syn := "user add ADDRESS [-password-stdin | -no-password] [-name NAME] [-services LIST] [-config FILE]"
 		if sub == "passwd" {

@@ -41,7 +41,7 @@ const usage = `usage: cyrus-sidecar COMMAND [ARGS] [-config FILE]
   check-config               load and validate the configuration, print where things are
   org      add|del|list      organisations
   domain   add|del|set|list  hosted domains
-  user     add|passwd|set|disable|enable|del|show|list   users
+  user     add|passwd|set|disable|enable|del|show|list|import   users (import: docs/migrating.md)
   alias    add|del|list      aliases
   apppass  add|del|list      app passwords: one per device, limited services, optional expiry
   vacation set|off|show|preview   out-of-office replies, one text inside the organisation, one outside
