@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -283,4 +284,26 @@ func TestReloadKeepsConnections(t *testing.T) {
 	}
 	d.cmd.Process.Signal(syscall.SIGTERM)
 	d.waitLog(t, "stopped on signal")
+}
+
+// TestWarnRestart: each setting read only at start is named when a reload
+// changes it, and nothing else is.
+func TestWarnRestart(t *testing.T) {
+	old := defaultConfig(noEnv, "/srv")
+	next := defaultConfig(noEnv, "/srv")
+	next.LMTP.Enabled = !old.LMTP.Enabled
+	next.Cyrus.ManageSieve = "127.0.0.1:2000"
+	next.Password.Time++
+	next.Saslauthd.FailDelay *= 2 // applied live: no warning
+	var buf strings.Builder
+	warnRestart(slog.New(slog.NewTextHandler(&buf, nil)), old, next)
+	var keys []string
+	for _, line := range strings.Split(strings.TrimSpace(buf.String()), "\n") {
+		_, k, _ := strings.Cut(line, "key=")
+		k, _, _ = strings.Cut(k, " ")
+		keys = append(keys, k)
+	}
+	if got, want := strings.Join(keys, " "), "cyrus.managesieve password lmtp.enabled"; got != want {
+		t.Errorf("restart warnings for %q, want %q\n%s", got, want, buf.String())
+	}
 }
