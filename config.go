@@ -34,6 +34,7 @@ type Config struct {
 	Log      LogConfig      `toml:"log"`
 	Serve    ServeConfig    `toml:"serve"`
 	Audit    AuditConfig    `toml:"audit"`
+	HTTP     HTTPConfig     `toml:"http"`
 	Metrics  MetricsConfig  `toml:"metrics"`
 
 	Saslauthd saslauthd.Config `toml:"saslauthd"`
@@ -108,14 +109,20 @@ type AuditConfig struct {
 	PruneInterval time.Duration `toml:"prune_interval"`
 }
 
-// MetricsConfig is [metrics]: the Prometheus endpoint, off by default.
-type MetricsConfig struct {
-	Enabled bool `toml:"enabled"`
-	Listen  Addr `toml:"listen"`
-	// AllowRemote lets listen be a non-loopback address. The page names
-	// no user, but it does tell whoever reaches it how busy every
+// HTTPConfig is [http]: the one HTTP listener, for the metrics page and
+// the events stream. It binds only when one of them is enabled.
+type HTTPConfig struct {
+	Listen Addr `toml:"listen"`
+	// AllowRemote lets listen be a non-loopback address. The metrics page
+	// names no user, but it tells whoever reaches it how busy every
 	// service is and when logins fail.
 	AllowRemote bool `toml:"allow_remote"`
+}
+
+// MetricsConfig is [metrics]: the Prometheus page at /metrics, off by
+// default.
+type MetricsConfig struct {
+	Enabled bool `toml:"enabled"`
 }
 
 // Addr is a listen or connect address: "unix:/absolute/path" or "host:port".
@@ -156,7 +163,7 @@ func defaultConfig(getenv func(string) string, cwd string) *Config {
 		Log:      LogConfig{Level: LogLevel(slog.LevelInfo), Format: "json"},
 		Serve:    ServeConfig{ShutdownGrace: 10 * time.Second},
 		Audit:    AuditConfig{Retention: 90 * 24 * time.Hour, MaxRows: 1_000_000, PruneInterval: time.Hour},
-		Metrics:  MetricsConfig{Listen: "127.0.0.1:9325"},
+		HTTP:     HTTPConfig{Listen: "127.0.0.1:9325"},
 
 		Saslauthd: saslauthd.DefaultConfig(runtime),
 		LMTP:      lmtp.DefaultConfig(),
@@ -295,10 +302,10 @@ func (c *Config) validate() []fieldError {
 	if c.Audit.PruneInterval < time.Minute {
 		bad("audit.prune_interval", "must be at least 1m, got %s", c.Audit.PruneInterval)
 	}
-	if msg := c.Metrics.Listen.check(); msg != "" {
-		bad("metrics.listen", "%s", msg)
-	} else if msg := listen.CheckListen(string(c.Metrics.Listen)); msg != "" && !c.Metrics.AllowRemote {
-		bad("metrics.listen", "%s; or set metrics.allow_remote = true", msg)
+	if msg := c.HTTP.Listen.check(); msg != "" {
+		bad("http.listen", "%s", msg)
+	} else if msg := listen.CheckListen(string(c.HTTP.Listen)); msg != "" && !c.HTTP.AllowRemote {
+		bad("http.listen", "%s; or set http.allow_remote = true", msg)
 	}
 	// Each service validates its own section, keys relative to it.
 	for _, sec := range []struct {

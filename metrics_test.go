@@ -23,7 +23,7 @@ func TestMetrics(t *testing.T) {
 	smap := filepath.Join(dir, "socketmap.sock")
 	cfg := filepath.Join(dir, "config.toml")
 	text := "[store]\npath = \"" + filepath.Join(dir, "store.db") + "\"\n" +
-		"[metrics]\nenabled = true\nlisten = \"unix:" + msock + "\"\n" +
+		"[http]\nlisten = \"unix:" + msock + "\"\n[metrics]\nenabled = true\n" +
 		"[saslauthd]\nlisten = \"unix:" + sasl + "\"\n" +
 		"[socketmap]\nlisten = [\"unix:" + smap + "\"]\n" +
 		"[lmtp]\nenabled = false\n[vacation]\nenabled = false\n"

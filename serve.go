@@ -130,12 +130,10 @@ func serve(cfg *Config, path string, log *slog.Logger, level *slog.LevelVar, sd 
 	if cfg.Vacation.Enabled {
 		services = append(services, named{"vacation", newVacationService(cfg, st, canon, log.With("service", "vacation"))})
 	}
-	if cfg.Metrics.Enabled {
-		m, err := newMetricsService(cfg, services, st, log.With("service", "metrics"))
-		if err != nil {
-			return fmt.Errorf("metrics: %w", err)
-		}
-		services = append(services, named{"metrics", m})
+	if h, err := newHTTPService(cfg, services, st, log.With("service", "http")); err != nil {
+		return fmt.Errorf("http: %w", err)
+	} else if h != nil {
+		services = append(services, named{"http", h})
 	}
 
 	var g run.Group
@@ -418,7 +416,7 @@ func warnRestart(log *slog.Logger, old, next *Config) {
 		{"socketmap.enabled", old.Socketmap.Enabled, next.Socketmap.Enabled},
 		{"vacation.enabled", old.Vacation.Enabled, next.Vacation.Enabled},
 		{"metrics.enabled", old.Metrics.Enabled, next.Metrics.Enabled},
-		{"metrics.listen", old.Metrics.Listen, next.Metrics.Listen},
+		{"http.listen", old.HTTP.Listen, next.HTTP.Listen},
 	} {
 		if d.old != d.new {
 			log.Warn("restart required for a changed setting", "key", d.key, "running", d.old, "file", d.new)
