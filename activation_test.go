@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -57,7 +58,10 @@ func activationConfig(t *testing.T, dir string) string {
 		"[saslauthd]\nlisten = \"unix:" + filepath.Join(dir, "own-saslauthd.sock") + "\"\n" +
 		"[lmtp]\nlisten = [\"unix:" + filepath.Join(dir, "own-lmtp.sock") + "\"]\n" +
 		"[socketmap]\nlisten = [\"unix:" + filepath.Join(dir, "own-socketmap.sock") + "\"]\n" +
-		"[vacation]\nenabled = false\n"
+		"[vacation]\nenabled = false\n" +
+		"[http]\nlisten = \"unix:" + filepath.Join(dir, "http.sock") + "\"\n" +
+		"[events]\nenabled = true\n[events.ingest]\nsocket = \"" + filepath.Join(dir, "own-events.sock") + "\"\n" +
+		"cyrus_user = \"" + currentUser(t) + "\"\nrelay_socket = \"\"\n[events.reconcile]\nenabled = false\n"
 	if err := os.WriteFile(cfg, []byte(text), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -131,7 +135,7 @@ func TestSocketActivationLMTP(t *testing.T) {
 	}
 	c.Write([]byte("QUIT\r\n"))
 	stopActivated(t, d, dir, "lmtp", addr, func() {
-		m := d.waitLog(t, "closing a socket from systemd that no enabled service uses (FileDescriptorName= must be one of saslauthd, lmtp, socketmap)")
+		m := d.waitLog(t, "closing a socket from systemd that no enabled service uses (FileDescriptorName= must be one of saslauthd, lmtp, socketmap, events)")
 		if m["name"] != "bogus" || m["addr"] != stray {
 			t.Errorf("stray socket line: %v", m)
 		}
@@ -327,4 +331,15 @@ func TestSystemdUnits(t *testing.T) {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Errorf("systemd-analyze security above 2.0: %v\n%s", err, out)
 	}
+}
+
+// currentUser is the name of the user running the test (the events
+// service takes datagrams from one user only).
+func currentUser(t *testing.T) string {
+	t.Helper()
+	u, err := user.Current()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u.Username
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"cyrus-sidecar/services/events"
 	"cyrus-sidecar/services/listen"
 	"cyrus-sidecar/services/lmtp"
 	"cyrus-sidecar/services/saslauthd"
@@ -41,6 +42,7 @@ type Config struct {
 	LMTP      lmtp.Config      `toml:"lmtp"`
 	Socketmap socketmap.Config `toml:"socketmap"`
 	Vacation  vacation.Config  `toml:"vacation"`
+	Events    events.Config    `toml:"events"`
 
 	// Where defaults put state and sockets: systemd's StateDirectory and
 	// RuntimeDirectory, else ./var and ./var/run. Not keys: the environment.
@@ -169,6 +171,7 @@ func defaultConfig(getenv func(string) string, cwd string) *Config {
 		LMTP:      lmtp.DefaultConfig(),
 		Socketmap: socketmap.DefaultConfig(runtime),
 		Vacation:  vacation.DefaultConfig(),
+		Events:    events.DefaultConfig(runtime),
 	}
 }
 
@@ -311,7 +314,7 @@ func (c *Config) validate() []fieldError {
 	for _, sec := range []struct {
 		name string
 		err  error
-	}{{"saslauthd", c.Saslauthd.Validate()}, {"lmtp", c.LMTP.Validate()}, {"socketmap", c.Socketmap.Validate()}, {"vacation", c.Vacation.Validate()}} {
+	}{{"saslauthd", c.Saslauthd.Validate()}, {"lmtp", c.LMTP.Validate()}, {"socketmap", c.Socketmap.Validate()}, {"vacation", c.Vacation.Validate()}, {"events", c.Events.Validate()}} {
 		if sec.err == nil {
 			continue
 		}

@@ -47,6 +47,7 @@ const usage = `usage: cyrus-sidecar COMMAND [ARGS] [-config FILE]
   vacation set|off|show|preview   out-of-office replies, one text inside the organisation, one outside
   auth     test ADDRESS      would this password log in? and if not, exactly why
   token    issue ADDRESS     a single sign-on token for groupware (docs/sso-tokens.md)
+  consumer add|del|list      event webhooks: who receives signed mailbox events (docs/events.md)
   doctor                     check config, store, sockets and permissions, probe Cyrus; a fix for each failure
   version                    print the version
 
@@ -79,6 +80,8 @@ func realMain(args []string, std stdio, getenv func(string) string) error {
 		return cmdAuth(rest, std, getenv)
 	case "token":
 		return cmdToken(rest, std, getenv)
+	case "consumer":
+		return cmdConsumer(rest, std, getenv)
 	case "doctor":
 		return cmdDoctor(rest, std, getenv)
 	case "version", "-version", "--version":

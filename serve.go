@@ -130,6 +130,13 @@ func serve(cfg *Config, path string, log *slog.Logger, level *slog.LevelVar, sd 
 	if cfg.Vacation.Enabled {
 		services = append(services, named{"vacation", newVacationService(cfg, st, canon, log.With("service", "vacation"))})
 	}
+	if cfg.Events.Enabled {
+		svc, err := newEventsService(cfg, st, canon, log.With("service", "events"))
+		if err != nil {
+			return err
+		}
+		services = append(services, named{"events", svc})
+	}
 	if h, err := newHTTPService(cfg, services, st, log.With("service", "http")); err != nil {
 		return fmt.Errorf("http: %w", err)
 	} else if h != nil {
@@ -231,23 +238,40 @@ func useActivation(log *slog.Logger, getenv func(string) string, services []name
 		return err
 	}
 	for _, s := range services {
-		u, ok := s.svc.(interface{ UseListeners([]net.Listener) })
-		lns := passed[s.name]
-		if !ok || len(lns) == 0 {
-			continue
+		if lns := passed.streams[s.name]; len(lns) > 0 {
+			if u, ok := s.svc.(interface{ UseListeners([]net.Listener) }); ok {
+				delete(passed.streams, s.name)
+				for _, ln := range lns {
+					log.Info("listening on a socket from systemd", "service", s.name, "addr", ln.Addr().String())
+				}
+				u.UseListeners(lns)
+			}
 		}
-		delete(passed, s.name)
-		for _, ln := range lns {
-			log.Info("listening on a socket from systemd", "service", s.name, "addr", ln.Addr().String())
+		if pcs := passed.dgrams[s.name]; len(pcs) > 0 {
+			if u, ok := s.svc.(interface{ UsePacketConns([]net.PacketConn) error }); ok {
+				delete(passed.dgrams, s.name)
+				for _, pc := range pcs {
+					log.Info("receiving on a socket from systemd", "service", s.name, "addr", pc.LocalAddr().String())
+				}
+				if err := u.UsePacketConns(pcs); err != nil {
+					return fmt.Errorf("%s: %w", s.name, err)
+				}
+			}
 		}
-		u.UseListeners(lns)
 	}
-	for name, lns := range passed {
-		for _, ln := range lns {
-			log.Warn("closing a socket from systemd that no enabled service uses (FileDescriptorName= must be one of "+
-				strings.Join(activationNames, ", ")+")", "name", name, "addr", ln.Addr().String())
-			ln.Close()
+	for _, name := range passed.names() {
+		var addrs []net.Addr
+		for _, ln := range passed.streams[name] {
+			addrs = append(addrs, ln.Addr())
 		}
+		for _, pc := range passed.dgrams[name] {
+			addrs = append(addrs, pc.LocalAddr())
+		}
+		for _, a := range addrs {
+			log.Warn("closing a socket from systemd that no enabled service uses (FileDescriptorName= must be one of "+
+				strings.Join(activationNames, ", ")+")", "name", name, "addr", a.String())
+		}
+		passed.close(name)
 	}
 	return nil
 }
@@ -415,6 +439,8 @@ func warnRestart(log *slog.Logger, old, next *Config) {
 		{"lmtp.enabled", old.LMTP.Enabled, next.LMTP.Enabled},
 		{"socketmap.enabled", old.Socketmap.Enabled, next.Socketmap.Enabled},
 		{"vacation.enabled", old.Vacation.Enabled, next.Vacation.Enabled},
+		{"events.enabled", old.Events.Enabled, next.Events.Enabled},
+		{"cyrus.imap", old.Cyrus.IMAP, next.Cyrus.IMAP},
 		{"metrics.enabled", old.Metrics.Enabled, next.Metrics.Enabled},
 		{"http.listen", old.HTTP.Listen, next.HTTP.Listen},
 	} {

@@ -1,0 +1,143 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"cyrus-sidecar/store"
+)
+
+// domainList is a -domain flag: comma-separated, and repeatable.
+type domainList []string
+
+func (l *domainList) String() string { return strings.Join(*l, ",") }
+
+func (l *domainList) Set(s string) error {
+	for d := range strings.SplitSeq(s, ",") {
+		if d = strings.TrimSpace(d); d != "" {
+			*l = append(*l, d)
+		}
+	}
+	return nil
+}
+
+func cmdConsumer(args []string, std stdio, getenv func(string) string) error {
+	if len(args) == 0 {
+		return usagef("consumer: expected add, del or list")
+	}
+	sub, args := args[0], args[1:]
+	// No ^C handler: every edit is one transaction (see cmdUser).
+	ctx := context.Background()
+	switch sub {
+	case "add":
+		c := newCommand("consumer add", "consumer add NAME -url URL [-org ORGANISATION] [-domain D,...] [-json] [-config FILE]", std, getenv)
+		u := c.fs.String("url", "", "`URL` the signed webhooks are POSTed to (https://, or http:// on a trusted network)")
+		org := c.fs.String("org", "", "send the events of every domain of this `organisation` (as it changes)")
+		var doms domainList
+		c.fs.Var(&doms, "domain", "send the events of these `domains` (comma-separated, or repeat the flag)")
+		jsonOut := c.fs.Bool("json", false, "print JSON (with the secret) instead of text, for scripts")
+		pos, err := c.parse(args)
+		if err != nil {
+			return err
+		}
+		if err := c.want(pos, 1, 1, "one consumer name"); err != nil {
+			return err
+		}
+		if err := store.CheckName(pos[0]); err != nil {
+			return usagef("consumer add: name: %v", err)
+		}
+		if *u == "" {
+			return usagef("consumer add: -url URL is required (where the consumer receives webhooks)")
+		}
+		if err := store.CheckConsumerURL(*u); err != nil {
+			return usagef("consumer add: -url: %v", err)
+		}
+		if *org == "" && len(doms) == 0 {
+			return usagef("consumer add: say whose events it gets: -org ORGANISATION, -domain D,... or both")
+		}
+		if err := c.open(ctx, false); err != nil {
+			return err
+		}
+		defer c.close()
+		for i, d := range doms {
+			if doms[i], err = c.canon.Domain(d); err != nil {
+				return fmt.Errorf("-domain %q is not a valid domain: %w", d, err)
+			}
+		}
+		secret, err := store.GenerateWebhookSecret()
+		if err != nil {
+			return err
+		}
+		co, err := c.st.AddConsumer(ctx, store.NewConsumer{Name: pos[0], URL: *u, Secret: secret, Org: *org, Domains: doms})
+		switch {
+		case errors.Is(err, store.ErrExists):
+			return fmt.Errorf("%w; pick another name, or remove the old one first: cyrus-sidecar consumer del %q", err, pos[0])
+		case errors.Is(err, store.ErrNotHosted):
+			return fmt.Errorf("%w (see cyrus-sidecar domain list)", err)
+		case errors.Is(err, store.ErrNotFound):
+			return fmt.Errorf("%w (see cyrus-sidecar org list)", err)
+		case err != nil:
+			return err
+		}
+		if *jsonOut {
+			return c.printJSON(struct {
+				store.Consumer
+				Secret string `json:"secret"`
+			}{co, secret.Reveal()})
+		}
+		fmt.Fprintf(std.out, "consumer %q added: webhooks to %s for %s.\nIts signing secret (Standard Webhooks, HMAC-SHA256):\n\n    %s\n\n",
+			co.Name, co.URL, consumerScope(co.Org, co.Domains), secret.Reveal())
+		fmt.Fprintln(std.out, "It cannot be shown again: configure it in the consumer now. serve starts sending within a second.")
+		return nil
+	case "del":
+		c := newCommand("consumer del", "consumer del NAME [-config FILE]", std, getenv)
+		pos, err := c.start(ctx, args, 1, 1, "one consumer name", false)
+		if err != nil {
+			return err
+		}
+		defer c.close()
+		if err := c.st.DelConsumer(ctx, pos[0]); err != nil {
+			if errors.Is(err, store.ErrNotFound) {
+				return fmt.Errorf("%w (see cyrus-sidecar consumer list)", err)
+			}
+			return err
+		}
+		fmt.Fprintf(std.out, "consumer %q deleted with its undelivered webhooks\n", pos[0])
+		return nil
+	case "list":
+		c := newCommand("consumer list", "consumer list [-json] [-config FILE]", std, getenv).withJSON()
+		if _, err := c.start(ctx, args, 0, 0, "no arguments", false); err != nil {
+			return err
+		}
+		defer c.close()
+		cs, err := c.st.Consumers(ctx)
+		if err != nil {
+			return err
+		}
+		if *c.jsonOut {
+			return c.printJSON(nonNil(cs))
+		}
+		rows := make([][]string, len(cs))
+		for i, co := range cs {
+			rows[i] = []string{co.Name, co.URL, dash(co.Org), dash(strings.Join(co.Domains, ",")),
+				strconv.Itoa(co.Pending), co.Created.Format("2006-01-02")}
+		}
+		return c.printTable([]string{"NAME", "URL", "ORGANISATION", "DOMAINS", "PENDING", "CREATED"}, rows)
+	}
+	return usagef("consumer: unknown subcommand %q (add, del, list)", sub)
+}
+
+// consumerScope says whose events a consumer gets.
+func consumerScope(org string, doms []string) string {
+	var parts []string
+	if org != "" {
+		parts = append(parts, fmt.Sprintf("the domains of organisation %q", org))
+	}
+	if len(doms) > 0 {
+		parts = append(parts, strings.Join(doms, ", "))
+	}
+	return strings.Join(parts, " and ")
+}

@@ -1,0 +1,295 @@
+package events
+
+// Webhooks in the Standard Webhooks v1 format
+// (https://github.com/standard-webhooks/standard-webhooks/blob/main/spec/standard-webhooks.md):
+// a JSON body {"type", "timestamp", "data"} POSTed with the headers
+// webhook-id (the same on every attempt: the consumer's idempotency key),
+// webhook-timestamp (this attempt, Unix seconds) and webhook-signature
+// ("v1," and the base64 HMAC-SHA256 of "id.timestamp.body" under the
+// consumer's secret).
+
+import (
+	"bytes"
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"cyrus-sidecar/store"
+)
+
+// The Standard Webhooks headers.
+const (
+	HeaderID        = "webhook-id"
+	HeaderTimestamp = "webhook-timestamp"
+	HeaderSignature = "webhook-signature"
+)
+
+const (
+	// maxResponseRead is how much of a consumer's answer is read (and
+	// discarded) so the connection can be reused; the rest is dropped.
+	maxResponseRead = 4 << 10
+	// recordTimeout bounds the store write after an attempt, which runs
+	// even during shutdown so a finished delivery is not sent again.
+	recordTimeout = 5 * time.Second
+	// DefaultTolerance is the replay window Standard Webhooks verifiers
+	// apply to webhook-timestamp.
+	DefaultTolerance = 5 * time.Minute
+)
+
+// Verification failures.
+var (
+	ErrNoSignature  = errors.New("webhook: missing id, timestamp or signature header")
+	ErrBadSignature = errors.New("webhook: no signature matches")
+	ErrTimestamp    = errors.New("webhook: timestamp outside the tolerance")
+)
+
+// ParseSecret decodes a signing secret, "whsec_" and standard base64 (the
+// prefix is optional, as the reference libraries accept it).
+func ParseSecret(s string) ([]byte, error) {
+	key, err := base64.StdEncoding.DecodeString(strings.TrimPrefix(s, store.WebhookSecretPrefix))
+	if err != nil || len(key) == 0 {
+		return nil, errors.New("webhook secret: not whsec_ and base64")
+	}
+	return key, nil
+}
+
+// Sign returns the webhook-signature value for one attempt: "v1," and the
+// base64 HMAC-SHA256 of id, '.', the timestamp in Unix seconds, '.', body.
+func Sign(key []byte, id string, ts time.Time, body []byte) string {
+	m := hmac.New(sha256.New, key)
+	m.Write([]byte(id))
+	m.Write([]byte{'.'})
+	m.Write(strconv.AppendInt(nil, ts.Unix(), 10))
+	m.Write([]byte{'.'})
+	m.Write(body)
+	return "v1," + base64.StdEncoding.EncodeToString(m.Sum(nil))
+}
+
+// Verify checks a received webhook as a consumer should: one of the
+// space-separated v1 signatures matches (in constant time) and the
+// timestamp is within tolerance of now. It is what our tests and
+// docs/events.md's example hold the sender to.
+func Verify(key []byte, h http.Header, body []byte, now time.Time, tolerance time.Duration) error {
+	id, tsText, sigs := h.Get(HeaderID), h.Get(HeaderTimestamp), h.Get(HeaderSignature)
+	if id == "" || tsText == "" || sigs == "" {
+		return ErrNoSignature
+	}
+	ts, err := strconv.ParseInt(tsText, 10, 64)
+	if err != nil {
+		return ErrTimestamp
+	}
+	t := time.Unix(ts, 0)
+	if now.Sub(t) > tolerance || t.Sub(now) > tolerance {
+		return ErrTimestamp
+	}
+	want := []byte(Sign(key, id, t, body))
+	for sig := range strings.FieldsSeq(sigs) {
+		if hmac.Equal([]byte(sig), want) {
+			return nil
+		}
+	}
+	return ErrBadSignature
+}
+
+// webhookPayload is the Standard Webhooks body: data is the Event.
+type webhookPayload struct {
+	Type      string          `json:"type"`
+	Timestamp time.Time       `json:"timestamp"`
+	Data      json.RawMessage `json:"data"`
+}
+
+func webhookBody(typ string, at time.Time, data []byte) ([]byte, error) {
+	return json.Marshal(webhookPayload{Type: typ, Timestamp: at.UTC(), Data: data})
+}
+
+// whKey identifies a webhook ordering queue.
+type whKey struct {
+	consumer int64
+	mailbox  string
+}
+
+// runWebhooks sends due webhooks until ctx is cancelled: at most
+// WebhookConcurrency at once, WebhookPerConsumer per consumer, and one per
+// (consumer, mailbox), which keeps each mailbox's webhooks in order.
+func (d *Dispatcher) runWebhooks(ctx context.Context) {
+	inflight := map[whKey]bool{}
+	perConsumer := map[int64]int{}
+	// Each attempt reports its end here exactly once; the buffer holds
+	// every attempt that can be in flight, so reporting never blocks.
+	finished := make(chan whKey, 1024)
+	n := 0 // attempts in flight
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	done := func(k whKey) {
+		delete(inflight, k)
+		if perConsumer[k.consumer]--; perConsumer[k.consumer] <= 0 {
+			delete(perConsumer, k.consumer)
+		}
+		n--
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			for ; n > 0; n-- {
+				<-finished
+			}
+			return
+		case k := <-finished:
+			done(k)
+		case <-d.wake:
+		case <-timer.C:
+		}
+		cfg := d.config()
+		limit := min(cfg.WebhookConcurrency, cap(finished))
+		if n < limit {
+			due, err := d.st.DueWebhooks(ctx, d.now(), webhookBatch)
+			if err != nil && ctx.Err() == nil {
+				d.log.Warn("webhook outbox read failed", "err", err)
+			}
+			for _, w := range due {
+				k := whKey{w.ConsumerID, w.Mailbox}
+				if n >= limit {
+					break
+				}
+				if inflight[k] || perConsumer[k.consumer] >= cfg.WebhookPerConsumer {
+					continue
+				}
+				inflight[k] = true
+				perConsumer[k.consumer]++
+				n++
+				go func() {
+					defer func() { finished <- k }()
+					d.attempt(ctx, cfg, w)
+				}()
+			}
+		}
+		timer.Reset(cfg.Poll)
+	}
+}
+
+// attempt makes one delivery attempt and records its outcome.
+func (d *Dispatcher) attempt(ctx context.Context, cfg *DeliveryConfig, w store.Webhook) {
+	now := d.now()
+	status, retryAfter, err := d.post(ctx, cfg, w, now)
+	if ctx.Err() != nil {
+		return // shutdown: unknown outcome, sent again later with the same id
+	}
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordTimeout)
+	defer cancel()
+	log := d.log.With("consumer", w.Consumer, "webhook_id", w.ID, "attempts", w.Attempts+1)
+	if err == nil && status >= 200 && status <= 299 {
+		d.m.attempts.WithLabelValues("ok").Inc()
+		if err := d.st.MarkDelivered(rctx, w.Seq); err != nil {
+			log.Error("webhook delivered but not recorded: it will be sent again", "err", err)
+		}
+		return
+	}
+	d.m.attempts.WithLabelValues("failed").Inc()
+	reason := fmt.Sprintf("status %d", status)
+	if err != nil {
+		reason = err.Error()
+	}
+	if now.Sub(w.Created) >= cfg.MaxAge {
+		id, dropped, err := d.st.ReplaceWebhookBacklog(rctx, w.ConsumerID, w.Mailbox, resyncBody(w.Payload, now))
+		if err != nil {
+			log.Error("webhook backlog not replaced", "err", err)
+			return
+		}
+		d.m.resyncs.Inc()
+		log.Warn("webhook undeliverable for max_age: backlog replaced by a resync", "reason", reason,
+			"dropped", dropped, "resync_id", id, "max_age", cfg.MaxAge.String())
+		return
+	}
+	next := now.Add(max(backoff(cfg, w.Attempts+1), min(retryAfter, cfg.RetryMax)))
+	log.Info("webhook attempt failed", "reason", reason, "next", next.UTC().Format(time.RFC3339))
+	if err := d.st.MarkFailed(rctx, w.Seq, next, reason); err != nil {
+		log.Error("webhook failure not recorded", "err", err)
+	}
+}
+
+// post sends w once and returns the status and any Retry-After.
+func (d *Dispatcher) post(ctx context.Context, cfg *DeliveryConfig, w store.Webhook, now time.Time) (int, time.Duration, error) {
+	key, err := ParseSecret(w.Secret.Reveal())
+	if err != nil {
+		return 0, 0, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, cfg.WebhookTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, w.URL, bytes.NewReader(w.Payload))
+	if err != nil {
+		return 0, 0, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("User-Agent", "cyrus-sidecar")
+	req.Header.Set(HeaderID, w.ID)
+	req.Header.Set(HeaderTimestamp, strconv.FormatInt(now.Unix(), 10))
+	req.Header.Set(HeaderSignature, Sign(key, w.ID, now, w.Payload))
+	resp, err := d.client.Do(req)
+	if err != nil {
+		// The URL may carry a consumer's key in its query: keep it out of
+		// the stored error and the log.
+		if ue, ok := errors.AsType[*url.Error](err); ok {
+			err = ue.Err
+		}
+		if errors.Is(err, context.DeadlineExceeded) {
+			err = fmt.Errorf("no answer within %s", cfg.WebhookTimeout)
+		}
+		return 0, 0, err
+	}
+	defer resp.Body.Close()
+	io.Copy(io.Discard, io.LimitReader(resp.Body, maxResponseRead)) // best effort, for connection reuse
+	return resp.StatusCode, retryAfter(resp.Header.Get("Retry-After"), now), nil
+}
+
+// backoff is the pause before attempt number n+1 (n >= 1 failures so far):
+// RetryMin doubled per failure, at most RetryMax, with "equal jitter" (half
+// fixed, half random) so consumers recovering from an outage are not hit
+// by every sender at once.
+func backoff(cfg *DeliveryConfig, n int) time.Duration {
+	d := cfg.RetryMin
+	for i := 1; i < n && d < cfg.RetryMax; i++ {
+		d *= 2
+	}
+	d = min(d, cfg.RetryMax)
+	return d/2 + rand.N(d/2+1)
+}
+
+// retryAfter reads a Retry-After header (RFC 9110 §10.2.3: seconds or an
+// HTTP date); 0 when absent or unreadable.
+func retryAfter(v string, now time.Time) time.Duration {
+	if v == "" {
+		return 0
+	}
+	if s, err := strconv.ParseInt(v, 10, 32); err == nil && s > 0 {
+		return time.Duration(s) * time.Second
+	}
+	if t, err := http.ParseTime(v); err == nil && t.After(now) {
+		return t.Sub(now)
+	}
+	return 0
+}
+
+// resyncBody is the webhook that replaces an undeliverable backlog: a
+// resync for the mailbox of the webhook that could not be delivered.
+func resyncBody(failed []byte, now time.Time) []byte {
+	var p struct {
+		Data Event `json:"data"`
+	}
+	_ = json.Unmarshal(failed, &p) // a resync without names still says "sync everything"
+	ev := Event{Type: TypeResync, Account: p.Data.Account, Mailbox: p.Data.Mailbox, MailboxID: p.Data.MailboxID,
+		Time: now.UTC(), CyrusEvent: "resync"}
+	data, _ := json.Marshal(ev)                   // an Event always marshals
+	body, _ := webhookBody(TypeResync, now, data) // so does its envelope
+	return body
+}

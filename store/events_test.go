@@ -1,0 +1,276 @@
+package store
+
+import (
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// eventsStore has Acme (example.com, example.org) and Other (other.net).
+func eventsStore(t *testing.T) *Store {
+	t.Helper()
+	st, _ := openTest(t)
+	ctx := t.Context()
+	for _, o := range []string{"Acme", "Other"} {
+		if _, err := st.AddOrg(ctx, o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for d, o := range map[string]string{"example.com": "Acme", "example.org": "Acme", "other.net": "Other"} {
+		if _, err := st.AddDomain(ctx, d, o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return st
+}
+
+func addConsumer(t *testing.T, st *Store, name, org string, doms ...string) Consumer {
+	t.Helper()
+	sec, err := GenerateWebhookSecret()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := st.AddConsumer(t.Context(), NewConsumer{Name: name, URL: "https://groupware.example/hook", Secret: sec, Org: org, Domains: doms})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func TestConsumers(t *testing.T) {
+	ctx := t.Context()
+	st := eventsStore(t)
+	sec, err := GenerateWebhookSecret()
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := base64.StdEncoding.DecodeString(strings.TrimPrefix(sec.Reveal(), WebhookSecretPrefix))
+	if !strings.HasPrefix(sec.Reveal(), "whsec_") || err != nil || len(raw) != 32 {
+		t.Fatalf("GenerateWebhookSecret = %q (%d bytes, %v)", sec.Reveal(), len(raw), err)
+	}
+	if fmt.Sprint(sec) != "***" {
+		t.Errorf("a secret prints as %q", fmt.Sprint(sec))
+	}
+	bad := []struct {
+		name string
+		nc   NewConsumer
+		want error
+	}{
+		{"no scope", NewConsumer{Name: "x", URL: "https://a.example/", Secret: sec}, ErrMalformed},
+		{"bad url", NewConsumer{Name: "x", URL: "ftp://a.example/", Secret: sec, Org: "Acme"}, ErrMalformed},
+		{"url with password", NewConsumer{Name: "x", URL: "https://u:p@a.example/", Secret: sec, Org: "Acme"}, ErrMalformed},
+		{"bad secret", NewConsumer{Name: "x", URL: "https://a.example/", Secret: "hunter2", Org: "Acme"}, ErrMalformed},
+		{"unknown org", NewConsumer{Name: "x", URL: "https://a.example/", Secret: sec, Org: "Nope"}, ErrNotFound},
+		{"unhosted domain", NewConsumer{Name: "x", URL: "https://a.example/", Secret: sec, Domains: []string{"nope.example"}}, ErrNotHosted},
+	}
+	for _, tt := range bad {
+		if _, err := st.AddConsumer(ctx, tt.nc); !errors.Is(err, tt.want) {
+			t.Errorf("%s: AddConsumer = %v, want %v", tt.name, err, tt.want)
+		}
+	}
+	gen, _ := st.Generation(ctx)
+	addConsumer(t, st, "groupware", "acme")
+	addConsumer(t, st, "crm", "", "other.net", "example.com", "other.net")
+	if _, err := st.AddConsumer(ctx, NewConsumer{Name: "CRM", URL: "https://a.example/", Secret: sec, Org: "Acme"}); !errors.Is(err, ErrExists) {
+		t.Errorf("duplicate name: %v, want ErrExists", err)
+	}
+	if g, _ := st.Generation(ctx); g == gen {
+		t.Errorf("adding consumers did not move Generation: serve would not see them")
+	}
+	cs, err := st.Consumers(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cs) != 2 || cs[0].Name != "crm" || cs[1].Name != "groupware" {
+		t.Fatalf("Consumers = %+v", cs)
+	}
+	if !slices.Equal(cs[0].Domains, []string{"example.com", "other.net"}) || !slices.Equal(cs[0].Scope, cs[0].Domains) || cs[0].Org != "" {
+		t.Errorf("crm = %+v", cs[0])
+	}
+	if len(cs[1].Domains) != 0 || !slices.Equal(cs[1].Scope, []string{"example.com", "example.org"}) || cs[1].Org != "Acme" || !cs[1].Enabled {
+		t.Errorf("groupware = %+v", cs[1])
+	}
+	if !strings.HasPrefix(cs[1].Secret.Reveal(), "whsec_") {
+		t.Errorf("secret not stored: %q", cs[1].Secret.Reveal())
+	}
+	// The organisation's domains are read live.
+	if _, err := st.AddDomain(ctx, "example.net", "Acme"); err != nil {
+		t.Fatal(err)
+	}
+	if cs, _ = st.Consumers(ctx); !slices.Equal(cs[1].Scope, []string{"example.com", "example.net", "example.org"}) {
+		t.Errorf("after a new Acme domain: scope %v", cs[1].Scope)
+	}
+	if err := st.DelConsumer(ctx, "GROUPWARE"); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.DelConsumer(ctx, "groupware"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("second delete: %v, want ErrNotFound", err)
+	}
+}
+
+func TestWebhookOutboxOrder(t *testing.T) {
+	ctx := t.Context()
+	st := eventsStore(t)
+	a := addConsumer(t, st, "a", "Acme")
+	b := addConsumer(t, st, "b", "Acme")
+	ids, err := st.EnqueueWebhooks(ctx, []NewWebhook{
+		{a.ID, "m1", []byte(`1`)}, {a.ID, "m1", []byte(`2`)}, {a.ID, "m2", []byte(`3`)},
+		{b.ID, "m1", []byte(`4`)}, {9999, "m1", []byte(`gone`)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ids) != 5 || ids[4] != "" || !strings.HasPrefix(ids[0], "msg_") || len(ids[0]) != 30 || strings.Contains(ids[0], ".") {
+		t.Fatalf("ids = %q", ids)
+	}
+	payloads := func(ws []Webhook) (out []string) {
+		for _, w := range ws {
+			out = append(out, string(w.Payload))
+		}
+		slices.Sort(out)
+		return out
+	}
+	now := time.Now()
+	due, err := st.DueWebhooks(ctx, now, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Only the head of each (consumer, mailbox).
+	if got := payloads(due); !slices.Equal(got, []string{"1", "3", "4"}) {
+		t.Fatalf("due = %v, want heads 1 3 4", got)
+	}
+	first := due[slices.IndexFunc(due, func(w Webhook) bool { return string(w.Payload) == "1" })]
+	if first.ID != ids[0] || first.URL != "https://groupware.example/hook" || first.Consumer != "a" || !strings.HasPrefix(first.Secret.Reveal(), "whsec_") {
+		t.Errorf("head = %+v", first)
+	}
+	// A failing head holds back its successor, and only its successor.
+	if err := st.MarkFailed(ctx, first.Seq, now.Add(time.Hour), strings.Repeat("x", 2000)); err != nil {
+		t.Fatal(err)
+	}
+	due, _ = st.DueWebhooks(ctx, now, 100)
+	if got := payloads(due); !slices.Equal(got, []string{"3", "4"}) {
+		t.Errorf("after failure: due = %v, want 3 4", got)
+	}
+	due, _ = st.DueWebhooks(ctx, now.Add(2*time.Hour), 100)
+	i := slices.IndexFunc(due, func(w Webhook) bool { return w.Seq == first.Seq })
+	if i < 0 || due[i].Attempts != 1 || due[i].ID != first.ID || len(due[i].LastError) != maxWebhookError {
+		t.Fatalf("retried head = %+v", due)
+	}
+	if err := st.MarkDelivered(ctx, first.Seq); err != nil {
+		t.Fatal(err)
+	}
+	due, _ = st.DueWebhooks(ctx, now, 100)
+	if got := payloads(due); !slices.Equal(got, []string{"2", "3", "4"}) {
+		t.Errorf("after delivery: due = %v, want 2 3 4", got)
+	}
+	// Giving up on a mailbox: its backlog becomes one webhook.
+	id, dropped, err := st.ReplaceWebhookBacklog(ctx, a.ID, "m1", []byte(`resync`))
+	if err != nil || dropped != 1 || id == "" {
+		t.Fatalf("ReplaceWebhookBacklog = %q, %d, %v", id, dropped, err)
+	}
+	due, _ = st.DueWebhooks(ctx, now.Add(time.Second), 100)
+	if got := payloads(due); !slices.Equal(got, []string{"3", "4", "resync"}) {
+		t.Errorf("after replace: due = %v", got)
+	}
+	if due, _ := st.DueWebhooks(ctx, now, 1); len(due) != 1 {
+		t.Errorf("limit 1: %d rows", len(due))
+	}
+	cs, _ := st.Consumers(ctx)
+	if cs[0].Pending != 2 || cs[1].Pending != 1 {
+		t.Errorf("pending = %d, %d; want 2, 1", cs[0].Pending, cs[1].Pending)
+	}
+	// Deleting the consumer deletes its outbox.
+	if err := st.DelConsumer(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	due, _ = st.DueWebhooks(ctx, now.Add(time.Second), 100)
+	if got := payloads(due); !slices.Equal(got, []string{"4"}) {
+		t.Errorf("after deleting a: due = %v", got)
+	}
+}
+
+func TestAccountEvents(t *testing.T) {
+	ctx := t.Context()
+	st := eventsStore(t)
+	gen, _ := st.Generation(ctx)
+	old := time.Now().Add(-48 * time.Hour)
+	var evs []NewAccountEvent
+	for i := range 5 {
+		evs = append(evs, NewAccountEvent{Account: "alice@example.com", At: old, Event: fmt.Appendf(nil, `{"n":%d}`, i)},
+			NewAccountEvent{Account: "bob@example.com", Event: fmt.Appendf(nil, `{"n":%d}`, i)})
+	}
+	seqs, err := st.AppendAccountEvents(ctx, evs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(seqs, []int64{1, 1, 2, 2, 3, 3, 4, 4, 5, 5}) {
+		t.Errorf("seqs = %v", seqs)
+	}
+	if seqs, _ = st.AppendAccountEvents(ctx, []NewAccountEvent{{Account: "alice@example.com", Event: []byte(`{"n":5}`)}}); seqs[0] != 6 {
+		t.Errorf("next alice seq = %v, want 6", seqs)
+	}
+	if g, _ := st.Generation(ctx); g != gen {
+		t.Errorf("logging events moved Generation: every cache would flush")
+	}
+	p, err := st.AccountEventsAfter(ctx, "alice@example.com", 2, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Expired || p.Last != 6 || len(p.Events) != 2 || p.Events[0].Seq != 3 || string(p.Events[1].Event) != `{"n":3}` {
+		t.Errorf("after 2, limit 2: %+v", p)
+	}
+	if p, _ := st.AccountEventsAfter(ctx, "carol@example.com", 0, 10); p.Expired || p.Last != 0 || len(p.Events) != 0 {
+		t.Errorf("no events: %+v", p)
+	}
+	if p, _ := st.AccountEventsAfter(ctx, "alice@example.com", 7, 10); !p.Expired {
+		t.Errorf("after a number never handed out: %+v, want Expired", p)
+	}
+	n, err := st.PruneEvents(ctx, time.Now().Add(-24*time.Hour))
+	if err != nil || n != 5 {
+		t.Fatalf("PruneEvents = %d, %v; want 5", n, err)
+	}
+	for _, after := range []int64{0, 4} {
+		if p, _ := st.AccountEventsAfter(ctx, "alice@example.com", after, 10); !p.Expired || p.Last != 6 {
+			t.Errorf("after %d, below the pruned 5: %+v, want Expired", after, p)
+		}
+	}
+	if p, _ := st.AccountEventsAfter(ctx, "alice@example.com", 5, 10); p.Expired || len(p.Events) != 1 || p.Events[0].Seq != 6 {
+		t.Errorf("after 5: %+v", p)
+	}
+	if p, _ := st.AccountEventsAfter(ctx, "bob@example.com", 0, 10); p.Expired || len(p.Events) != 5 {
+		t.Errorf("bob untouched: %+v", p)
+	}
+	// Numbers never go back, even with every row pruned.
+	if _, err := st.PruneEvents(ctx, time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if seqs, _ = st.AppendAccountEvents(ctx, []NewAccountEvent{{Account: "alice@example.com", Event: []byte(`{}`)}}); seqs[0] != 7 {
+		t.Errorf("after pruning all: seq %v, want 7", seqs)
+	}
+	if _, err := st.AppendAccountEvents(ctx, []NewAccountEvent{{Event: []byte(`{}`)}}); err == nil {
+		t.Errorf("an event without account was logged")
+	}
+}
+
+// BenchmarkRecordEvents: a burst of 100 events, each for two readers and
+// one consumer, in one transaction.
+func BenchmarkRecordEvents(b *testing.B) {
+	st, _ := openTest(b)
+	ctx := b.Context()
+	for b.Loop() {
+		var evs []NewAccountEvent
+		var hooks []NewWebhook
+		for i := range 100 {
+			evs = append(evs, NewAccountEvent{Account: "alice@example.com", Event: []byte(`{"type":"message.added"}`)},
+				NewAccountEvent{Account: "bob@example.com", Event: []byte(`{"type":"message.added"}`)})
+			hooks = append(hooks, NewWebhook{ConsumerID: 1, Mailbox: fmt.Sprint(i % 5), Payload: []byte(`{}`)})
+		}
+		if _, err := st.RecordEvents(ctx, evs, hooks); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

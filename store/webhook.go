@@ -1,0 +1,194 @@
+package store
+
+import (
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/base32"
+	"encoding/binary"
+	"fmt"
+	"time"
+)
+
+// The webhook outbox: every webhook stays here until its consumer answers
+// 2xx, so a restart or a consumer's outage loses nothing (at least once).
+// Its writes do not change Generation.
+
+// maxWebhookError bounds a stored delivery error.
+const maxWebhookError = 500
+
+// webhookIDEncoding is Crockford's base32 alphabet in lower case: no '.',
+// which Standard Webhooks forbids in an id (it delimits the signed content).
+var webhookIDEncoding = base32.NewEncoding("0123456789abcdefghjkmnpqrstvwxyz").WithPadding(base32.NoPadding)
+
+// NewWebhook is one webhook to enqueue for a consumer.
+type NewWebhook struct {
+	ConsumerID int64
+	// Mailbox is the ordering key: webhooks with the same consumer and key
+	// are sent one at a time, in enqueue order.
+	Mailbox string
+	Payload []byte // the exact body to send
+}
+
+// Webhook is an outbox row with what sending it needs.
+type Webhook struct {
+	Seq        int64  `json:"seq"`
+	ID         string `json:"id"` // the webhook-id, the same on every attempt
+	ConsumerID int64  `json:"consumer_id"`
+	Consumer   string `json:"consumer"`
+	URL        string `json:"url"`
+	Secret     Secret `json:"-"`
+	Mailbox    string `json:"mailbox"`
+	Payload    []byte `json:"-"`
+	// Attempts counts the failed attempts so far.
+	Attempts    int       `json:"attempts"`
+	NextAttempt time.Time `json:"next_attempt"`
+	Created     time.Time `json:"created"`
+	LastError   string    `json:"last_error,omitempty"`
+}
+
+// NewWebhookID makes a webhook-id: "msg_" and 26 base32 characters of a
+// millisecond timestamp (48 bits, so ids sort roughly by time, which helps
+// whoever reads a consumer's log) and 80 random bits.
+func NewWebhookID(now time.Time) string {
+	var b [16]byte
+	binary.BigEndian.PutUint64(b[:8], uint64(now.UnixMilli())<<16)
+	rand.Read(b[6:]) // crypto/rand never fails: it crashes the program instead
+	return "msg_" + webhookIDEncoding.EncodeToString(b[:])
+}
+
+// EnqueueWebhooks adds webhooks to the outbox in one transaction, due at
+// once, and returns their ids in order ("" for one whose consumer no longer
+// exists, which is skipped).
+func (s *Store) EnqueueWebhooks(ctx context.Context, ws []NewWebhook) ([]string, error) {
+	var ids []string
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		var err error
+		ids, err = enqueueWebhooks(ctx, tx, ws, time.Now())
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("enqueue webhooks: %w", err)
+	}
+	return ids, nil
+}
+
+func enqueueWebhooks(ctx context.Context, tx *sql.Tx, ws []NewWebhook, now time.Time) ([]string, error) {
+	if len(ws) == 0 {
+		return nil, nil
+	}
+	// A consumer deleted since the caller looked is skipped, not an error
+	// that would fail the whole batch.
+	st, err := tx.PrepareContext(ctx, `INSERT INTO webhook_outbox (id, consumer_id, mailbox, payload, next_attempt_ms, created_ms)
+		SELECT ?, id, ?, ?, ?, ? FROM consumers WHERE id = ?`)
+	if err != nil {
+		return nil, err
+	}
+	defer st.Close()
+	ids := make([]string, len(ws))
+	ms := now.UnixMilli()
+	for i, w := range ws {
+		id := NewWebhookID(now)
+		res, err := st.ExecContext(ctx, id, w.Mailbox, string(w.Payload), ms, ms, w.ConsumerID)
+		if err != nil {
+			return nil, err
+		}
+		if n, err := res.RowsAffected(); err != nil {
+			return nil, err
+		} else if n == 1 {
+			ids[i] = id
+		}
+	}
+	return ids, nil
+}
+
+// DueWebhooks returns up to limit webhooks that may be sent at now: for
+// each (consumer, mailbox) only the oldest pending one, and only when its
+// next attempt is due, so a later webhook never overtakes an earlier one
+// that is still failing. Disabled consumers are skipped. Oldest due first.
+func (s *Store) DueWebhooks(ctx context.Context, now time.Time, limit int) ([]Webhook, error) {
+	// The correlated min(seq) is one probe of webhook_outbox_key per row.
+	rows, err := s.r.QueryContext(ctx, `SELECT w.seq, w.id, w.consumer_id, c.name, c.url, c.secret, w.mailbox, w.payload,
+		w.attempts, w.next_attempt_ms, w.created_ms, w.last_error
+		FROM webhook_outbox w JOIN consumers c ON c.id = w.consumer_id
+		WHERE w.next_attempt_ms <= ? AND c.enabled = 1
+		AND w.seq = (SELECT min(h.seq) FROM webhook_outbox h WHERE h.consumer_id = w.consumer_id AND h.mailbox = w.mailbox)
+		ORDER BY w.next_attempt_ms, w.seq LIMIT ?`, now.UnixMilli(), limit)
+	if err != nil {
+		return nil, fmt.Errorf("due webhooks: %w", err)
+	}
+	defer rows.Close()
+	var out []Webhook
+	for rows.Next() {
+		var w Webhook
+		var secret, payload string
+		var next, created int64
+		if err := rows.Scan(&w.Seq, &w.ID, &w.ConsumerID, &w.Consumer, &w.URL, &secret, &w.Mailbox, &payload,
+			&w.Attempts, &next, &created, &w.LastError); err != nil {
+			return nil, fmt.Errorf("due webhooks: %w", err)
+		}
+		w.Secret, w.Payload = Secret(secret), []byte(payload)
+		w.NextAttempt, w.Created = time.UnixMilli(next).UTC(), time.UnixMilli(created).UTC()
+		out = append(out, w)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("due webhooks: %w", err)
+	}
+	return out, nil
+}
+
+// MarkDelivered removes a webhook its consumer acknowledged. A row already
+// gone (its consumer deleted meanwhile) is not an error.
+func (s *Store) MarkDelivered(ctx context.Context, seq int64) error {
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, "DELETE FROM webhook_outbox WHERE seq = ?", seq)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("mark webhook delivered: %w", err)
+	}
+	return nil
+}
+
+// MarkFailed records a failed attempt: one more attempt, the next at next,
+// and why (cut to a few hundred bytes).
+func (s *Store) MarkFailed(ctx context.Context, seq int64, next time.Time, reason string) error {
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, "UPDATE webhook_outbox SET attempts = attempts + 1, next_attempt_ms = ?, last_error = ? WHERE seq = ?",
+			next.UnixMilli(), cutUTF8(reason, maxWebhookError), seq)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("mark webhook failed: %w", err)
+	}
+	return nil
+}
+
+// ReplaceWebhookBacklog gives up on a (consumer, mailbox): it drops every
+// pending webhook for it and enqueues payload (a resync) in their place, in
+// one transaction. It returns the new webhook's id and how many it dropped.
+func (s *Store) ReplaceWebhookBacklog(ctx context.Context, consumerID int64, mailbox string, payload []byte) (string, int64, error) {
+	var id string
+	var dropped int64
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, "DELETE FROM webhook_outbox WHERE consumer_id = ? AND mailbox = ?", consumerID, mailbox)
+		if err != nil {
+			return err
+		}
+		if dropped, err = res.RowsAffected(); err != nil {
+			return err
+		}
+		ids, err := enqueueWebhooks(ctx, tx, []NewWebhook{{ConsumerID: consumerID, Mailbox: mailbox, Payload: payload}}, time.Now())
+		if err != nil {
+			return err
+		}
+		if id = ids[0]; id == "" {
+			return fmt.Errorf("consumer %d: %w", consumerID, ErrNotFound)
+		}
+		return nil
+	})
+	if err != nil {
+		return "", 0, fmt.Errorf("replace webhook backlog: %w", err)
+	}
+	return id, dropped, nil
+}
