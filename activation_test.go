@@ -25,6 +25,17 @@ import (
 // connection, passing the socket as fd 3.
 func socketActivate(t *testing.T, dir, cfg string, addrs []string, names string) *daemon {
 	t.Helper()
+	var flags []string
+	for _, a := range addrs {
+		flags = append(flags, "-l", a)
+	}
+	return socketActivateFlags(t, dir, cfg, flags, names)
+}
+
+// socketActivateFlags is socketActivate with systemd-socket-activate's own
+// flags (-d for datagram sockets).
+func socketActivateFlags(t *testing.T, dir, cfg string, flags []string, names string) *daemon {
+	t.Helper()
 	tool, err := exec.LookPath("systemd-socket-activate")
 	if err != nil {
 		if os.Getenv("SIDECAR_STRICT") != "" {
@@ -36,11 +47,7 @@ func socketActivate(t *testing.T, dir, cfg string, addrs []string, names string)
 	d := &daemon{logs: make(chan map[string]any, 100)}
 	// systemd-socket-activate passes on only PATH, TERM, USER and HOME
 	// (and LISTEN_*); the rest goes through -E.
-	var args []string
-	for _, a := range addrs {
-		args = append(args, "-l", a)
-	}
-	args = append(args, "--fdname="+names, "-E", "GORACE=halt_on_error=1", bin, "serve", "-config", cfg)
+	args := append(flags, "--fdname="+names, "-E", "GORACE=halt_on_error=1", bin, "serve", "-config", cfg)
 	cmd := exec.Command(tool, args...)
 	cmd.Dir = dir
 	cmd.Env = filteredEnv()
@@ -300,7 +307,7 @@ func TestSystemdUnits(t *testing.T) {
 	units, _ := filepath.Glob("systemd/*.service")
 	sockets, err := filepath.Glob("systemd/*.socket")
 	units = append(units, sockets...)
-	if err != nil || len(units) != 4 {
+	if err != nil || len(units) != 5 {
 		t.Fatalf("units: %v, %v", units, err)
 	}
 	var names []string
@@ -342,4 +349,71 @@ func currentUser(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return u.Username
+}
+
+// TestSocketActivationEvents: the events service takes Cyrus's notify
+// socket from systemd (ListenDatagram=, as cyrus-sidecar-events.socket)
+// instead of binding its own, and reads the events sent to it.
+func TestSocketActivationEvents(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "notify")
+	cfg := activationConfig(t, dir)
+	text, _ := os.ReadFile(cfg)
+	msock := filepath.Join(dir, "http.sock")
+	os.WriteFile(cfg, append(text, "[metrics]\nenabled = true\n"...), 0o644)
+	d := socketActivateFlags(t, dir, cfg, []string{"-d", "-l", sock}, "events")
+	datagram, err := os.ReadFile("services/events/testdata/datagrams/event-messagenew.bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	send := func() {
+		t.Helper()
+		c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: sock, Net: "unixgram"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := c.Write(datagram); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// systemd-socket-activate starts serve on the first datagram. That one
+	// carries no sender credentials (SO_PASSCRED was not on when it was
+	// sent; the unit's PassCredentials=yes is) and is dropped; the next
+	// one is read.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := os.Stat(sock); err == nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	send()
+	m := d.waitLog(t, "receiving on a socket from systemd")
+	if m["service"] != "events" || m["addr"] != sock {
+		t.Errorf("activation log line: %v", m)
+	}
+	d.waitLog(t, "ready")
+	if _, err := os.Stat(filepath.Join(dir, "own-events.sock")); !os.IsNotExist(err) {
+		t.Errorf("serve bound its configured events socket as well: %v", err)
+	}
+	send()
+	for {
+		page := scrape(t, msock)
+		if strings.Contains(page, "\ncyrus_sidecar_events_received_total 1\n") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the datagram sent after the start was not received:\n%s", page)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	d.waitLog(t, "stopped on signal")
+	if err := d.cmd.Wait(); err != nil {
+		t.Errorf("serve exit after SIGTERM: %v", err)
+	}
+	if _, err := os.Stat(sock); err != nil {
+		t.Errorf("the passed socket is gone after serve stopped: %v", err)
+	}
 }

@@ -135,6 +135,13 @@ func (d *doctor) run(path string, getenv func(string) string, imapdConf string, 
 	if d.cfg.LMTP.Enabled {
 		d.checkCyrusLMTP()
 	}
+	if d.cfg.Events.Enabled || d.imapd["event_notifier"] != "" {
+		socket := ""
+		if d.cfg.Events.Enabled {
+			socket = d.cfg.Events.Ingest.Socket
+		}
+		d.checkEventOptions(socket)
+	}
 	d.checkCyrusIMAP()
 	if d.cfg.Vacation.Enabled {
 		d.checkManageSieve()
