@@ -268,8 +268,10 @@ func (r *Reconciler) worker(ctx context.Context) {
 		}
 		cfg := r.cfg.Load()
 		actx, cancel := context.WithTimeout(ctx, cfg.AccountTimeout)
-		_, err := r.ReconcileAccount(actx, account)
+		start := time.Now()
+		evs, err := r.ReconcileAccount(actx, account)
 		cancel()
+		observeReconcile(start, len(evs), err)
 		if err != nil && ctx.Err() == nil {
 			r.log.Warn("reconcile failed; will retry", "account", account, "err", err)
 		}

@@ -281,7 +281,7 @@ func sameParse(a, b ParseOptions) bool {
 
 // Collectors are the service's metrics.
 func (s *Service) Collectors() []prometheus.Collector {
-	return append(s.in.Collectors(), s.disp.Collectors()...)
+	return slices.Concat(s.in.Collectors(), s.disp.Collectors(), s.rec.Collectors())
 }
 
 // stateStore adapts the store to the reconciler: accounts in a webhook
