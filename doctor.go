@@ -115,7 +115,8 @@ func (d *doctor) run(path string, getenv func(string) string, imapdConf string, 
 	d.openStore()
 	d.readImapdConf(imapdConf, imapdExplicit)
 	d.checkImapdConf()
-	if d.cfg.Vacation.Enabled {
+	reconcile := d.cfg.Events.Enabled && d.cfg.Events.Reconcile.Enabled
+	if d.cfg.Vacation.Enabled || reconcile {
 		d.checkAdminSecret()
 	}
 	if d.cfg.Saslauthd.Enabled {
@@ -143,6 +144,9 @@ func (d *doctor) run(path string, getenv func(string) string, imapdConf string, 
 		d.checkEventOptions(socket)
 	}
 	d.checkCyrusIMAP()
+	if reconcile {
+		d.checkIMAPAdmin()
+	}
 	if d.cfg.Vacation.Enabled {
 		d.checkManageSieve()
 	}

@@ -1,11 +1,16 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"slices"
 	"strconv"
 	"strings"
+	"time"
+
+	"cyrus-sidecar/services/events/imap"
+	"cyrus-sidecar/services/listen"
 )
 
 // eventSafeSet is the imapd.conf event configuration verified on Debian 12's
@@ -116,4 +121,36 @@ func dgramQueueLen() int {
 		return -1
 	}
 	return n
+}
+
+// checkIMAPAdmin logs in to Cyrus IMAP as the admin acting for a user of
+// the store, as the events reconciler does (RFC 4616 authzid), and logs
+// out.
+func (d *doctor) checkIMAPAdmin() {
+	if d.adminPW == "" {
+		return // cyrus.admin.secret has failed already
+	}
+	admin, addr := d.cfg.Cyrus.AdminUser, string(d.cfg.Cyrus.IMAP)
+	if d.user == "" {
+		d.add("events.imap_admin", statusWarn, "no user in the store to act for, so the reconciler's login was not tried",
+			"cyrus-sidecar user add ADDRESS, then run doctor again")
+		return
+	}
+	ctx, cancel := context.WithTimeout(d.ctx, 15*time.Second)
+	defer cancel()
+	network, a := listen.Split(addr)
+	cl, err := imap.Dial(ctx, network, a, imap.Options{Timeout: 10 * time.Second})
+	if err != nil {
+		d.add("events.imap_admin", statusFail, fmt.Sprintf("%s: %v", addr, err),
+			"config: [cyrus] imap = the address of Cyrus's imapd (cyrus.conf SERVICES: imap listen=...)")
+		return
+	}
+	defer cl.Close()
+	if err := cl.AuthenticatePlain(ctx, d.user, admin, d.adminPW); err != nil {
+		d.add("events.imap_admin", statusFail, fmt.Sprintf("%s acting for %s: %v", admin, d.user, err),
+			"imapd.conf: admins: "+strings.Join(append(strings.Fields(d.imapd["admins"]), admin), " ")+"   (and the password: cyrus.admin.secret)")
+		return
+	}
+	cl.Logout(ctx)
+	d.add("events.imap_admin", statusOK, fmt.Sprintf("%s logs in to %s acting for %s, as the reconciler does", admin, addr, d.user))
 }
