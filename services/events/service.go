@@ -155,7 +155,7 @@ func (s *Service) handler() http.Handler {
 // Run ingests, publishes, delivers and reconciles until ctx ends.
 func (s *Service) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
-	errc := make(chan error, 4)
+	errc := make(chan error, 8) // more than the goroutines below: none blocks on its report
 	run := func(name string, f func(context.Context) error) {
 		wg.Go(func() {
 			if err := f(ctx); err != nil && ctx.Err() == nil {
