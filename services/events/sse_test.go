@@ -422,3 +422,25 @@ func TestStreamShutdown(t *testing.T) {
 		t.Fatal("the stream stayed open after Run returned")
 	}
 }
+
+// TestStreamOutlivesReadTimeout: serve's HTTP server has a ReadTimeout
+// (for the requests it reads); a stream must go on past it.
+func TestStreamOutlivesReadTimeout(t *testing.T) {
+	e := newSSEEnv(t, nil)
+	e.srv.Close()
+	srv := httptest.NewUnstartedServer(e.srv.Config.Handler)
+	srv.Config.ReadTimeout = 200 * time.Millisecond
+	srv.Start()
+	t.Cleanup(srv.Close)
+	e.srv = srv
+	alice := "alice@example.com"
+	c, _ := e.open(t, e.ticket(t, alice), "", false)
+	defer c.close()
+	for i := int64(1); i <= 3; i++ {
+		time.Sleep(300 * time.Millisecond)
+		e.publish(t, uidEvent(alice, strconv.FormatInt(i, 10), alice))
+		if m := c.next(); m.id != i {
+			t.Fatalf("%v after the stream opened, past the read timeout: %+v, want event %d", time.Duration(i)*300*time.Millisecond, m, i)
+		}
+	}
+}
