@@ -9,7 +9,7 @@ import (
 )
 
 var (
-	rcAccounts = prometheus.NewCounterVec(prometheus.CounterOpts{
+	rcAccountsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: listen.Namespace, Subsystem: "events", Name: "reconcile_accounts_total",
 		Help: "Accounts reconciled against Cyrus IMAP, by result (ok or error; errors are retried with backoff).",
 	}, []string{"result"})
@@ -22,7 +22,7 @@ var (
 		Namespace: listen.Namespace, Subsystem: "events", Name: "reconcile_reported_total",
 		Help: "Mailbox changes the reconciler reported (gaps in Cyrus's events, or first passes).",
 	})
-	rcOK, rcErr = rcAccounts.WithLabelValues("ok"), rcAccounts.WithLabelValues("error")
+	rcOK, rcErr = rcAccountsTotal.WithLabelValues("ok"), rcAccountsTotal.WithLabelValues("error")
 )
 
 // observeReconcile counts one account's pass that began at start.
@@ -43,7 +43,7 @@ func (r *Reconciler) Collectors() []prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: listen.Namespace, Subsystem: "events", Name: name, Help: help}, f)
 	}
-	return []prometheus.Collector{rcAccounts, rcLatency, rcReported,
+	return []prometheus.Collector{rcAccountsTotal, rcLatency, rcReported,
 		gauge("reconcile_backlog", "Accounts waiting for a reconcile pass (marked dirty or due in the sweep).",
 			func() float64 {
 				r.mu.Lock()
