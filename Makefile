@@ -46,6 +46,7 @@ bench: peers
 	SIDECAR_STRICT=1 $(GO) test -tags integration -run='^$$' -bench=BenchmarkLMTP -benchtime=3s -count=1 -v ./services/lmtp/
 	SIDECAR_STRICT=1 $(GO) test -tags integration -run='^$$' -bench=BenchmarkVacation -benchtime=1x -count=1 -v ./services/vacation/
 	SIDECAR_STRICT=1 $(GO) test -tags integration -run='^$$' -bench=BenchmarkServe -benchtime=1x -count=1 -v .
+	SIDECAR_STRICT=1 $(GO) test -tags integration -run='^$$' -bench=BenchmarkEvents -benchtime=1x -count=1 -v .
 
 build:
 	$(GO) build -o cyrus-sidecar .

@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"encoding/base32"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"time"
 )
@@ -135,6 +136,32 @@ func (s *Store) DueWebhooks(ctx context.Context, now time.Time, limit int) ([]We
 		return nil, fmt.Errorf("due webhooks: %w", err)
 	}
 	return out, nil
+}
+
+// NextWebhook returns the oldest webhook queued for (consumerID, mailbox)
+// when it is due by now: the one to send after that mailbox's previous
+// webhook was delivered. ok is false when there is none or it is not due.
+func (s *Store) NextWebhook(ctx context.Context, consumerID int64, mailbox string, now time.Time) (w Webhook, ok bool, err error) {
+	var secret, payload string
+	var next, created int64
+	err = s.r.QueryRowContext(ctx, `SELECT w.seq, w.id, w.consumer_id, c.name, c.url, c.secret, w.mailbox, w.payload,
+		w.attempts, w.next_attempt_ms, w.created_ms, w.last_error
+		FROM webhook_outbox w JOIN consumers c ON c.id = w.consumer_id
+		WHERE w.consumer_id = ? AND w.mailbox = ? AND c.enabled = 1
+		ORDER BY w.seq LIMIT 1`, consumerID, mailbox).Scan(&w.Seq, &w.ID, &w.ConsumerID, &w.Consumer, &w.URL, &secret,
+		&w.Mailbox, &payload, &w.Attempts, &next, &created, &w.LastError)
+	if errors.Is(err, sql.ErrNoRows) {
+		return Webhook{}, false, nil
+	}
+	if err != nil {
+		return Webhook{}, false, fmt.Errorf("next webhook: %w", err)
+	}
+	if next > now.UnixMilli() {
+		return Webhook{}, false, nil
+	}
+	w.Secret, w.Payload = Secret(secret), []byte(payload)
+	w.NextAttempt, w.Created = time.UnixMilli(next).UTC(), time.UnixMilli(created).UTC()
+	return w, true, nil
 }
 
 // MarkDelivered removes a webhook its consumer acknowledged. A row already

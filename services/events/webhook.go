@@ -122,22 +122,23 @@ type whKey struct {
 // runWebhooks sends due webhooks until ctx is cancelled: at most
 // WebhookConcurrency at once, WebhookPerConsumer per consumer, and one per
 // (consumer, mailbox), which keeps each mailbox's webhooks in order.
+//
+// The outbox is read in batches (DueWebhooks) only when nothing fetched is
+// left to start; after a delivery the same mailbox's next webhook is looked
+// up by its key (NextWebhook, one index probe). Reading the due list after
+// every attempt made draining n webhooks cost O(n²).
 func (d *Dispatcher) runWebhooks(ctx context.Context) {
 	inflight := map[whKey]bool{}
 	perConsumer := map[int64]int{}
+	var pending []store.Webhook // fetched, due, not yet started
+	queued := map[whKey]bool{}  // keys in pending
 	// Each attempt reports its end here exactly once; the buffer holds
 	// every attempt that can be in flight, so reporting never blocks.
-	finished := make(chan whKey, 1024)
+	finished := make(chan whDone, 1024)
 	n := 0 // attempts in flight
 	timer := time.NewTimer(0)
 	defer timer.Stop()
-	done := func(k whKey) {
-		delete(inflight, k)
-		if perConsumer[k.consumer]--; perConsumer[k.consumer] <= 0 {
-			delete(perConsumer, k.consumer)
-		}
-		n--
-	}
+	refill := true
 	for {
 		select {
 		case <-ctx.Done():
@@ -145,45 +146,82 @@ func (d *Dispatcher) runWebhooks(ctx context.Context) {
 				<-finished
 			}
 			return
-		case k := <-finished:
-			done(k)
+		case f := <-finished:
+			delete(inflight, f.key)
+			if perConsumer[f.key.consumer]--; perConsumer[f.key.consumer] <= 0 {
+				delete(perConsumer, f.key.consumer)
+			}
+			n--
+			if f.delivered && !queued[f.key] {
+				w, ok, err := d.st.NextWebhook(ctx, f.key.consumer, f.key.mailbox, d.now())
+				if err != nil && ctx.Err() == nil {
+					d.log.Warn("webhook outbox read failed", "err", err)
+				}
+				if ok {
+					pending = append(pending, w)
+					queued[f.key] = true
+				}
+			}
 		case <-d.wake:
+			refill = true
 		case <-timer.C:
+			refill = true
+			timer.Reset(d.config().Poll)
 		}
 		cfg := d.config()
 		limit := min(cfg.WebhookConcurrency, cap(finished))
-		if n < limit {
+		if refill && len(pending) == 0 && n < limit {
+			refill = false
 			due, err := d.st.DueWebhooks(ctx, d.now(), webhookBatch)
 			if err != nil && ctx.Err() == nil {
 				d.log.Warn("webhook outbox read failed", "err", err)
+				refill = true // the timer tries again
 			}
 			for _, w := range due {
 				k := whKey{w.ConsumerID, w.Mailbox}
-				if n >= limit {
-					break
+				if !inflight[k] && !queued[k] {
+					pending = append(pending, w)
+					queued[k] = true
 				}
-				if inflight[k] || perConsumer[k.consumer] >= cfg.WebhookPerConsumer {
-					continue
-				}
-				inflight[k] = true
-				perConsumer[k.consumer]++
-				n++
-				go func() {
-					defer func() { finished <- k }()
-					d.attempt(ctx, cfg, w)
-				}()
+			}
+			if len(due) == webhookBatch {
+				refill = true // more may be due once these are started
 			}
 		}
-		timer.Reset(cfg.Poll)
+		// Start what the limits allow, in fetch order; the rest waits.
+		kept := pending[:0]
+		for _, w := range pending {
+			k := whKey{w.ConsumerID, w.Mailbox}
+			if n >= limit || inflight[k] || perConsumer[k.consumer] >= cfg.WebhookPerConsumer {
+				kept = append(kept, w)
+				continue
+			}
+			delete(queued, k)
+			inflight[k] = true
+			perConsumer[k.consumer]++
+			n++
+			go func() {
+				finished <- whDone{k, d.attempt(ctx, cfg, w)}
+			}()
+		}
+		clear(pending[len(kept):])
+		pending = kept
 	}
 }
 
-// attempt makes one delivery attempt and records its outcome.
-func (d *Dispatcher) attempt(ctx context.Context, cfg *DeliveryConfig, w store.Webhook) {
+// whDone is an attempt's end: delivered means the consumer said 2xx.
+type whDone struct {
+	key       whKey
+	delivered bool
+}
+
+// attempt makes one delivery attempt and records its outcome; it reports
+// whether the consumer acknowledged it.
+func (d *Dispatcher) attempt(ctx context.Context, cfg *DeliveryConfig, w store.Webhook) bool {
 	now := d.now()
 	status, retryAfter, err := d.post(ctx, cfg, w, now)
 	if ctx.Err() != nil {
-		return // shutdown: unknown outcome, sent again later with the same id
+		return false // shutdown: unknown outcome, sent again later with the same id
 	}
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordTimeout)
 	defer cancel()
@@ -192,8 +230,9 @@ func (d *Dispatcher) attempt(ctx context.Context, cfg *DeliveryConfig, w store.W
 		d.m.attempts.WithLabelValues("ok").Inc()
 		if err := d.st.MarkDelivered(rctx, w.Seq); err != nil {
 			log.Error("webhook delivered but not recorded: it will be sent again", "err", err)
+			return false
 		}
-		return
+		return true
 	}
 	d.m.attempts.WithLabelValues("failed").Inc()
 	reason := fmt.Sprintf("status %d", status)
@@ -204,18 +243,19 @@ func (d *Dispatcher) attempt(ctx context.Context, cfg *DeliveryConfig, w store.W
 		id, dropped, err := d.st.ReplaceWebhookBacklog(rctx, w.ConsumerID, w.Mailbox, resyncBody(w.Payload, now))
 		if err != nil {
 			log.Error("webhook backlog not replaced", "err", err)
-			return
+			return false
 		}
 		d.m.resyncs.Inc()
 		log.Warn("webhook undeliverable for max_age: backlog replaced by a resync", "reason", reason,
 			"dropped", dropped, "resync_id", id, "max_age", cfg.MaxAge.String())
-		return
+		return false
 	}
 	next := now.Add(max(backoff(cfg, w.Attempts+1), min(retryAfter, cfg.RetryMax)))
 	log.Info("webhook attempt failed", "reason", reason, "next", next.UTC().Format(time.RFC3339))
 	if err := d.st.MarkFailed(rctx, w.Seq, next, reason); err != nil {
 		log.Error("webhook failure not recorded", "err", err)
 	}
+	return false
 }
 
 // post sends w once and returns the status and any Retry-After.

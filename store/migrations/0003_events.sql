@@ -53,7 +53,8 @@ CREATE TABLE webhook_outbox (
 	last_error      TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX webhook_outbox_key ON webhook_outbox(consumer_id, mailbox, seq);
-CREATE INDEX webhook_outbox_due ON webhook_outbox(next_attempt_ms);
+-- Due order: DueWebhooks walks this index and stops at its LIMIT.
+CREATE INDEX webhook_outbox_due ON webhook_outbox(next_attempt_ms, seq);
 
 -- account_seqs numbers each account's events: last is the last sequence
 -- number handed out (it never goes back, even when every row is pruned),
