@@ -1249,6 +1249,7 @@ func TestEventsRestart(t *testing.T) {
 		consumers: []evConsumer{{"gw", "Acme", "/hook"}},
 	})
 	gw := l.consumerSinks["gw"]
+	l.checkDoctor(t)
 	before := l.restartForBaseline(t, gw, strings.Join([]string{
 		"alice@example.com mailbox.changed INBOX",
 		"alice@example.com mailbox.changed INBOX/Projects",
@@ -1585,4 +1586,37 @@ func sentNow(mu *sync.Mutex, n *int) int {
 	mu.Lock()
 	defer mu.Unlock()
 	return *n
+}
+
+// checkDoctor runs `cyrus-sidecar doctor` against the lab: the documented
+// event options pass its event checks, and the reconciler's IMAP proxy
+// login works. (Other checks may fail here: the lab is not a production
+// layout; only the events lines are asserted.)
+func (l *evLab) checkDoctor(t *testing.T) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, l.bin, "doctor", "-json", "-config", l.cfg, "-imapd-conf", l.cy.ConfPath)
+	cmd.Env = filteredEnv()
+	out, _ := cmd.Output() // exit 1 when some other check fails
+	var rep struct {
+		Checks []struct{ Name, Status, Detail string }
+	}
+	if err := json.Unmarshal(out, &rep); err != nil {
+		t.Fatalf("doctor -json: %v\n%s", err, out)
+	}
+	seen := map[string]bool{}
+	for _, c := range rep.Checks {
+		switch {
+		case c.Name == "events.imap_admin" && c.Status != "ok",
+			c.Name == "imapd.events" && c.Status == "FAIL":
+			t.Errorf("doctor %s: %s %s", c.Name, c.Status, c.Detail)
+		case c.Name == "imapd.events" && c.Status == "warn" && !strings.Contains(c.Detail, "max_dgram_qlen"):
+			t.Errorf("doctor %s: %s %s (only the host's datagram queue may warn)", c.Name, c.Status, c.Detail)
+		}
+		seen[c.Name] = true
+	}
+	if !seen["imapd.events"] || !seen["events.imap_admin"] {
+		t.Errorf("doctor ran no events checks:\n%s", out)
+	}
 }
