@@ -122,6 +122,29 @@ func VerifyAppPassword(hash Secret, plain string) bool {
 	return subtle.ConstantTimeCompare(got[:], wantSum) == 1
 }
 
+// CouldBeAppPassword reports whether plain has the shape of an app password
+// once normalised (appPassGroups × appPassGroupLen characters of
+// appPassAlphabet). Every app password has it, so a login whose password
+// does not can skip looking them up: no other string can match one's hash
+// short of a SHA-256 preimage.
+func CouldBeAppPassword(plain string) bool {
+	n := 0
+	for i := 0; i < len(plain); i++ {
+		c := plain[i]
+		switch {
+		case c == '-' || c == ' ':
+			continue
+		case 'A' <= c && c <= 'Z':
+			c += 'a' - 'A'
+		}
+		if strings.IndexByte(appPassAlphabet, c) < 0 {
+			return false
+		}
+		n++
+	}
+	return n == appPassGroups*appPassGroupLen
+}
+
 func hashAppPassword(plain string) Secret {
 	sum := sha256.Sum256([]byte(normaliseAppPassword(plain)))
 	return Secret(appHashPrefix + hex.EncodeToString(sum[:]))
@@ -246,10 +269,7 @@ func (s *Store) DeleteAppPassword(ctx context.Context, user Address, label strin
 func (s *Store) AppPasswords(ctx context.Context, user Address) ([]AppPassword, error) {
 	// One query answers both questions (does the user exist, what do they
 	// have): the LEFT JOIN yields one row of NULLs for a user with none.
-	rows, err := s.r.QueryContext(ctx, `SELECT a.id, coalesce(a.label, ''), coalesce(a.hash, ''), coalesce(a.services, ''),
-		coalesce(a.expires, 0), coalesce(a.created, 0), coalesce(a.last_used, 0)
-		FROM users u LEFT JOIN app_passwords a ON a.user_id = u.id
-		WHERE u.address = ? ORDER BY a.label COLLATE NOCASE, a.label`, user.String())
+	rows, err := s.appPassStmt.QueryContext(ctx, user.String())
 	if err != nil {
 		return nil, fmt.Errorf("list app passwords: %w", err)
 	}
@@ -280,6 +300,13 @@ func (s *Store) AppPasswords(ctx context.Context, user Address) ([]AppPassword, 
 	}
 	return out, nil
 }
+
+// appPasswordsOf is AppPasswords' query, prepared at Open
+// (Store.appPassStmt).
+const appPasswordsOf = `SELECT a.id, coalesce(a.label, ''), coalesce(a.hash, ''), coalesce(a.services, ''),
+	coalesce(a.expires, 0), coalesce(a.created, 0), coalesce(a.last_used, 0)
+	FROM users u LEFT JOIN app_passwords a ON a.user_id = u.id
+	WHERE u.address = ? ORDER BY a.label COLLATE NOCASE, a.label`
 
 // TouchAppPassword records that app password id was used at at (zero: now).
 // The time only moves forward, so concurrent logins cannot set it back. It

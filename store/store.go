@@ -54,6 +54,13 @@ type Store struct {
 	r    *sql.DB     // read-only pool
 	w    *sql.DB     // one writer connection
 
+	// Statements of the login path, prepared once on the reader pool
+	// (database/sql prepares each again, once, on every pool connection it
+	// runs on). Parsing the statement cost modernc's SQLite more than
+	// running it: about 80 µs of CPU per login for the two of them.
+	userStmt    *sql.Stmt // userByAddress
+	appPassStmt *sql.Stmt // appPasswordsOf
+
 	// The watcher: one connection of its own, because PRAGMA data_version
 	// only changes for commits made by other connections.
 	watchMu  sync.Mutex
@@ -121,6 +128,10 @@ func Open(ctx context.Context, path string, opt Options) (*Store, error) {
 	}
 	s.r.SetMaxOpenConns(opt.MaxReaders)
 	s.r.SetMaxIdleConns(opt.MaxReaders)
+	if err := s.prepare(ctx); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
 	if s.watchDB, err = sql.Open("sqlite", base+"&_pragma=query_only(1)"); err == nil {
 		s.watchDB.SetMaxOpenConns(1)
 		if s.watch, err = s.watchDB.Conn(ctx); err == nil {
@@ -153,12 +164,29 @@ func (s *Store) Close() error {
 	if s.watch != nil {
 		errs = append(errs, s.watch.Close())
 	}
+	for _, st := range []*sql.Stmt{s.userStmt, s.appPassStmt} {
+		if st != nil {
+			errs = append(errs, st.Close())
+		}
+	}
 	for _, db := range []*sql.DB{s.watchDB, s.r, s.w} {
 		if db != nil {
 			errs = append(errs, db.Close())
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// prepare prepares the login path's statements on the reader pool.
+func (s *Store) prepare(ctx context.Context) error {
+	var err error
+	if s.userStmt, err = s.r.PrepareContext(ctx, userByAddress); err != nil {
+		return fmt.Errorf("prepare: %w", err)
+	}
+	if s.appPassStmt, err = s.r.PrepareContext(ctx, appPasswordsOf); err != nil {
+		return fmt.Errorf("prepare: %w", err)
+	}
+	return nil
 }
 
 // Path is the database file.

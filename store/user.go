@@ -116,9 +116,16 @@ const userSelect = `SELECT u.id, u.address, d.name, o.name, u.password_hash, u.d
 	u.display_name, u.created, u.updated
 	FROM users u JOIN domains d ON d.id = u.domain_id JOIN organisations o ON o.id = d.org_id`
 
+// userByAddress is User's query, prepared at Open (Store.userStmt).
+const userByAddress = userSelect + " WHERE u.address = ?"
+
 // User looks a user up by canonical address.
 func (s *Store) User(ctx context.Context, a Address) (User, error) {
-	us, err := s.queryUsers(ctx, userSelect+" WHERE u.address = ?", a.String())
+	rows, err := s.userStmt.QueryContext(ctx, a.String())
+	if err != nil {
+		return User{}, fmt.Errorf("get user: %w", err)
+	}
+	us, err := scanUsers(rows)
 	if err != nil {
 		return User{}, fmt.Errorf("get user: %w", err)
 	}
@@ -146,6 +153,11 @@ func (s *Store) queryUsers(ctx context.Context, q string, args ...any) ([]User, 
 	if err != nil {
 		return nil, err
 	}
+	return scanUsers(rows)
+}
+
+// scanUsers reads the rows of a userSelect query and closes them.
+func scanUsers(rows *sql.Rows) ([]User, error) {
 	defer rows.Close()
 	var out []User
 	for rows.Next() {

@@ -143,8 +143,11 @@ func (au *authenticator) decideUncached(ctx context.Context, a store.Address, us
 	}
 	// App passwords are checked first: each is a SHA-256 of a random
 	// secret, microseconds, where the user's own hash costs milliseconds.
-	if res, matched := au.appPassword(ctx, r, a, pw, service, gen, ck, now); matched {
-		return res
+	// A password that cannot be one (most of them) skips the query.
+	if store.CouldBeAppPassword(pw) {
+		if res, matched := au.appPassword(ctx, r, a, pw, service, gen, ck, now); matched {
+			return res
+		}
 	}
 	if !u.HasPassword {
 		au.dummy(ctx, pw)
