@@ -33,11 +33,12 @@ func cmdConsumer(args []string, std stdio, getenv func(string) string) error {
 	ctx := context.Background()
 	switch sub {
 	case "add":
-		c := newCommand("consumer add", "consumer add NAME -url URL [-org ORGANISATION] [-domain D,...] [-json] [-config FILE]", std, getenv)
+		c := newCommand("consumer add", "consumer add NAME -url URL [-org ORGANISATION] [-domain D,...] [-envelope] [-json] [-config FILE]", std, getenv)
 		u := c.fs.String("url", "", "`URL` the signed webhooks are POSTed to (https://, or http:// on a trusted network)")
 		org := c.fs.String("org", "", "send the events of every domain of this `organisation` (as it changes)")
 		var doms domainList
 		c.fs.Var(&doms, "domain", "send the events of these `domains` (comma-separated, or repeat the flag)")
+		envelope := c.fs.Bool("envelope", false, "add the subject, sender, recipients, date and Message-ID of new messages (fetched from IMAP) to its webhooks")
 		jsonOut := c.fs.Bool("json", false, "print JSON (with the secret) instead of text, for scripts")
 		pos, err := c.parse(args)
 		if err != nil {
@@ -71,7 +72,7 @@ func cmdConsumer(args []string, std stdio, getenv func(string) string) error {
 		if err != nil {
 			return err
 		}
-		co, err := c.st.AddConsumer(ctx, store.NewConsumer{Name: pos[0], URL: *u, Secret: secret, Org: *org, Domains: doms})
+		co, err := c.st.AddConsumer(ctx, store.NewConsumer{Name: pos[0], URL: *u, Secret: secret, Org: *org, Domains: doms, Envelope: *envelope})
 		switch {
 		case errors.Is(err, store.ErrExists):
 			return fmt.Errorf("%w; pick another name, or remove the old one first: cyrus-sidecar consumer del %q", err, pos[0])
@@ -90,6 +91,9 @@ func cmdConsumer(args []string, std stdio, getenv func(string) string) error {
 		}
 		fmt.Fprintf(std.out, "consumer %q added: webhooks to %s for %s.\nIts signing secret (Standard Webhooks, HMAC-SHA256):\n\n    %s\n\n",
 			co.Name, co.URL, consumerScope(co.Org, co.Domains), secret.Reveal())
+		if co.Envelope {
+			fmt.Fprintln(std.out, "Its message.added webhooks carry the subjects and senders of the new messages.")
+		}
 		fmt.Fprintln(std.out, "It cannot be shown again: configure it in the consumer now. serve starts sending within a second.")
 		return nil
 	case "del":
@@ -123,9 +127,9 @@ func cmdConsumer(args []string, std stdio, getenv func(string) string) error {
 		rows := make([][]string, len(cs))
 		for i, co := range cs {
 			rows[i] = []string{co.Name, co.URL, dash(co.Org), dash(strings.Join(co.Domains, ",")),
-				strconv.Itoa(co.Pending), co.Created.Format("2006-01-02")}
+				yesNo(co.Envelope), strconv.Itoa(co.Pending), co.Created.Format("2006-01-02")}
 		}
-		return c.printTable([]string{"NAME", "URL", "ORGANISATION", "DOMAINS", "PENDING", "CREATED"}, rows)
+		return c.printTable([]string{"NAME", "URL", "ORGANISATION", "DOMAINS", "ENVELOPE", "PENDING", "CREATED"}, rows)
 	}
 	return usagef("consumer: unknown subcommand %q (add, del, list)", sub)
 }
@@ -140,4 +144,12 @@ func consumerScope(org string, doms []string) string {
 		parts = append(parts, strings.Join(doms, ", "))
 	}
 	return strings.Join(parts, " and ")
+}
+
+// yesNo renders a flag in a table.
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
 }

@@ -26,13 +26,14 @@ func consumerEnv(t *testing.T) string {
 }
 
 type listedConsumer struct {
-	Name    string   `json:"name"`
-	URL     string   `json:"url"`
-	Org     string   `json:"organisation"`
-	Domains []string `json:"domains"`
-	Scope   []string `json:"scope"`
-	Pending int      `json:"pending"`
-	Secret  string   `json:"secret"`
+	Name     string   `json:"name"`
+	URL      string   `json:"url"`
+	Org      string   `json:"organisation"`
+	Domains  []string `json:"domains"`
+	Scope    []string `json:"scope"`
+	Pending  int      `json:"pending"`
+	Envelope bool     `json:"envelope"`
+	Secret   string   `json:"secret"`
 }
 
 func TestCLIConsumerRoundTrip(t *testing.T) {
@@ -50,13 +51,13 @@ func TestCLIConsumerRoundTrip(t *testing.T) {
 		t.Errorf("consumer add output:\n%s", out)
 	}
 	// Flags before the name, domains repeated and comma-separated, JSON.
-	out = mustRun(t, cfg, "", "consumer", "add", "-domain", "Other.NET,other.org", "-domain", "example.com", "crm", "-url", "http://10.0.0.5:8080/in", "-json")
+	out = mustRun(t, cfg, "", "consumer", "add", "-domain", "Other.NET,other.org", "-domain", "example.com", "crm", "-url", "http://10.0.0.5:8080/in", "-envelope", "-json")
 	var added listedConsumer
 	if err := json.Unmarshal([]byte(out), &added); err != nil || !strings.HasPrefix(added.Secret, "whsec_") {
 		t.Fatalf("consumer add -json: %v\n%s", err, out)
 	}
-	if !slices.Equal(added.Domains, []string{"example.com", "other.net", "other.org"}) {
-		t.Errorf("domains %v", added.Domains)
+	if !slices.Equal(added.Domains, []string{"example.com", "other.net", "other.org"}) || !added.Envelope {
+		t.Errorf("domains %v, envelope %v", added.Domains, added.Envelope)
 	}
 
 	out = mustRun(t, cfg, "", "consumer", "list", "-json")
@@ -68,11 +69,14 @@ func TestCLIConsumerRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	if len(cs) != 2 || cs[0].Name != "crm" || cs[1].Name != "groupware" || cs[1].Org != "Acme" ||
-		!slices.Equal(cs[1].Scope, []string{"example.com"}) || cs[1].URL != "https://gw.example.com/hooks/cyrus" {
+		!slices.Equal(cs[1].Scope, []string{"example.com"}) || cs[1].URL != "https://gw.example.com/hooks/cyrus" ||
+		!cs[0].Envelope || cs[1].Envelope {
 		t.Errorf("consumer list -json = %+v", cs)
 	}
 	table := mustRun(t, cfg, "", "consumer", "list")
-	if !strings.HasPrefix(table, "NAME") || !strings.Contains(table, "groupware") || strings.Contains(table, "whsec_") {
+	if !strings.HasPrefix(table, "NAME") || !strings.Contains(table, "groupware") || strings.Contains(table, "whsec_") ||
+		!strings.Contains(table, "ENVELOPE") || !regexp.MustCompile(`(?m)^crm .* yes `).MatchString(table) ||
+		!regexp.MustCompile(`(?m)^groupware .* no `).MatchString(table) {
 		t.Errorf("consumer list:\n%s", table)
 	}
 

@@ -20,6 +20,9 @@ package main
 //	TestEventsFlood     a burst far larger than the ring while the sidecar
 //	                    is stalled: Cyrus never waits, the drops are counted
 //	                    and every affected mailbox is reported afterwards.
+//	TestEventsEnvelopeOptIn  subjects and senders reach the one consumer
+//	                    that opted in (consumer add -envelope), fetched
+//	                    without setting \Seen; no one else sees them.
 
 import (
 	"bufio"
@@ -266,10 +269,10 @@ func (l *evLab) cli(t *testing.T, args ...string) string {
 }
 
 // addConsumer adds a webhook consumer with `cyrus-sidecar consumer add`
-// and gives the recorder the secret the command printed.
-func (l *evLab) addConsumer(t *testing.T, c evConsumer) *received {
+// (and extra flags) and gives the recorder the secret the command printed.
+func (l *evLab) addConsumer(t *testing.T, c evConsumer, extra ...string) *received {
 	t.Helper()
-	out := l.cli(t, "consumer", "add", c.name, "-url", l.hooks.srv.URL+c.path, "-org", c.org)
+	out := l.cli(t, append([]string{"consumer", "add", c.name, "-url", l.hooks.srv.URL + c.path, "-org", c.org}, extra...)...)
 	var secret string
 	for f := range strings.FieldsSeq(out) {
 		if strings.HasPrefix(f, "whsec_") {
@@ -1619,4 +1622,59 @@ func (l *evLab) checkDoctor(t *testing.T) {
 	if !seen["imapd.events"] || !seen["events.imap_admin"] {
 		t.Errorf("doctor ran no events checks:\n%s", out)
 	}
+}
+
+// TestEventsEnvelopeOptIn (issue 8): of two consumers in alice's scope,
+// only the one added with -envelope gets the subject and sender of a new
+// message, decoded from RFC 2047; the other consumer and alice's stream
+// get the event without them, and the fetch left the message unseen.
+func TestEventsEnvelopeOptIn(t *testing.T) {
+	l := startEvLab(t, evLabOptions{consumers: []evConsumer{{"gw", "Acme", "/hook"}}})
+	gw := l.consumerSinks["gw"]
+	mail := l.addConsumer(t, evConsumer{"mail", "Acme", "/mail"}, "-envelope")
+	if out := l.cli(t, "consumer", "list"); !strings.Contains(out, "ENVELOPE") {
+		t.Errorf("consumer list:\n%s", out)
+	}
+	sa := l.openStream(t, alice, -1)
+
+	msg := "From: =?UTF-8?Q?J=C3=BCrgen_M=C3=BCller?= <juergen@outside.example>\r\nTo: Alice <alice@example.com>\r\n" +
+		"Subject: =?UTF-8?Q?Gr=C3=BC=C3=9Fe_aus_K=C3=B6ln?= and figures\r\nDate: Sun, 22 Nov 2026 02:34:52 +0100\r\n" +
+		"Message-ID: <opt-in.1@lab>\r\n\r\nbody\r\n"
+	for _, r := range l.cy.Deliver(t, "juergen@outside.example", []string{alice}, []byte(msg)) {
+		if !strings.HasPrefix(r, "250") {
+			t.Fatalf("lmtp: %s", r)
+		}
+	}
+	got := mail.await(t, 0, "delivery", want{typ: events.TypeMessageAdded, account: alice, mailbox: "INBOX"})
+	if len(got.Envelopes) != 1 || got.EnvelopeError != "" {
+		t.Fatalf("opted-in webhook: envelopes %+v, error %q", got.Envelopes, got.EnvelopeError)
+	}
+	env := got.Envelopes[0]
+	if env.Subject != "Grüße aus Köln and figures" || !slices.Equal(env.From, []string{"Jürgen Müller <juergen@outside.example>"}) ||
+		!slices.Equal(env.To, []string{"Alice <alice@example.com>"}) || env.MessageID != "<opt-in.1@lab>" ||
+		env.Date != "2026-11-22T02:34:52+01:00" || strconv.FormatUint(uint64(env.UID), 10) != got.UIDs {
+		t.Errorf("envelope %+v of uids %s", env, got.UIDs)
+	}
+	// The same event, without envelopes, for the others.
+	plain := got
+	plain.Envelopes = nil
+	gw.await(t, 0, "delivery", want{same: &plain})
+	sa.await(t, 0, "delivery", want{same: &plain})
+	for _, s := range []*received{gw, sa.received} {
+		s.mu.Lock()
+		for _, r := range s.raw {
+			if strings.Contains(r, "envelope") || strings.Contains(r, "juergen") || strings.Contains(r, "figures") {
+				t.Errorf("%s: a payload carries the envelope: %s", s.name, r)
+			}
+		}
+		s.mu.Unlock()
+	}
+	// EXAMINE is read-only: the message is still unseen.
+	cl := l.login(t, alice)
+	if r := cl.Cmd(t, "STATUS INBOX (MESSAGES UNSEEN)"); !r.OK() || len(r.Untagged) != 1 || !strings.Contains(r.Untagged[0].Text, "MESSAGES 1 UNSEEN 1") {
+		t.Errorf("STATUS INBOX after the fetch: %+v", r)
+	}
+	cl.Logout(t)
+	l.hooks.check(t)
+	sa.checkIDs(t)
 }

@@ -41,9 +41,12 @@ type Consumer struct {
 	Domains []string `json:"domains"`
 	// Scope is every domain whose events the consumer receives: Domains
 	// plus the organisation's domains at the time of the read.
-	Scope   []string  `json:"scope"`
-	Enabled bool      `json:"enabled"`
-	Created time.Time `json:"created"`
+	Scope   []string `json:"scope"`
+	Enabled bool     `json:"enabled"`
+	// Envelope: the consumer opted in to the subjects and senders of new
+	// messages (docs/events.md, "Subjects and senders").
+	Envelope bool      `json:"envelope"`
+	Created  time.Time `json:"created"`
 	// Pending counts webhooks in the outbox not yet acknowledged.
 	Pending int `json:"pending"`
 }
@@ -58,6 +61,8 @@ type NewConsumer struct {
 	// is required.
 	Org     string
 	Domains []string
+	// Envelope opts in to subjects and senders of new messages.
+	Envelope bool
 }
 
 // GenerateWebhookSecret makes a new signing secret, "whsec_" and the
@@ -115,7 +120,7 @@ func (s *Store) AddConsumer(ctx context.Context, nc NewConsumer) (Consumer, erro
 	if len(doms) > MaxConsumerDomains {
 		return Consumer{}, fmt.Errorf("add consumer: more than %d domains: %w", MaxConsumerDomains, ErrLimit)
 	}
-	c := Consumer{Name: nc.Name, URL: nc.URL, Secret: nc.Secret, Domains: doms, Enabled: true, Created: fromUnix(now())}
+	c := Consumer{Name: nc.Name, URL: nc.URL, Secret: nc.Secret, Domains: doms, Enabled: true, Envelope: nc.Envelope, Created: fromUnix(now())}
 	err := s.write(ctx, func(tx *sql.Tx) error {
 		var orgID sql.NullInt64
 		if nc.Org != "" {
@@ -131,8 +136,8 @@ func (s *Store) AddConsumer(ctx context.Context, nc NewConsumer) (Consumer, erro
 				return err
 			}
 		}
-		res, err := tx.ExecContext(ctx, "INSERT INTO consumers (name, url, secret, org_id, created) VALUES (?, ?, ?, ?, ?)",
-			c.Name, c.URL, c.Secret.Reveal(), orgID, c.Created.Unix())
+		res, err := tx.ExecContext(ctx, "INSERT INTO consumers (name, url, secret, org_id, envelope, created) VALUES (?, ?, ?, ?, ?, ?)",
+			c.Name, c.URL, c.Secret.Reveal(), orgID, c.Envelope, c.Created.Unix())
 		if isUnique(err) {
 			return fmt.Errorf("consumer %q: %w", c.Name, ErrExists)
 		} else if err != nil {
@@ -179,7 +184,7 @@ func (s *Store) Consumers(ctx context.Context) ([]Consumer, error) {
 		return nil, fmt.Errorf("list consumers: %w", err)
 	}
 	defer tx.Rollback()
-	rows, err := tx.QueryContext(ctx, `SELECT c.id, c.name, c.url, c.secret, coalesce(o.name, ''), c.enabled, c.created,
+	rows, err := tx.QueryContext(ctx, `SELECT c.id, c.name, c.url, c.secret, coalesce(o.name, ''), c.enabled, c.envelope, c.created,
 		(SELECT count(*) FROM webhook_outbox w WHERE w.consumer_id = c.id)
 		FROM consumers c LEFT JOIN organisations o ON o.id = c.org_id ORDER BY c.name`)
 	if err != nil {
@@ -191,7 +196,7 @@ func (s *Store) Consumers(ctx context.Context) ([]Consumer, error) {
 		var c Consumer
 		var secret string
 		var created int64
-		if err := rows.Scan(&c.ID, &c.Name, &c.URL, &secret, &c.Org, &c.Enabled, &created, &c.Pending); err != nil {
+		if err := rows.Scan(&c.ID, &c.Name, &c.URL, &secret, &c.Org, &c.Enabled, &c.Envelope, &created, &c.Pending); err != nil {
 			rows.Close()
 			return nil, fmt.Errorf("list consumers: %w", err)
 		}

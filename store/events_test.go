@@ -91,7 +91,7 @@ func TestConsumers(t *testing.T) {
 	if !slices.Equal(cs[0].Domains, []string{"example.com", "other.net"}) || !slices.Equal(cs[0].Scope, cs[0].Domains) || cs[0].Org != "" {
 		t.Errorf("crm = %+v", cs[0])
 	}
-	if len(cs[1].Domains) != 0 || !slices.Equal(cs[1].Scope, []string{"example.com", "example.org"}) || cs[1].Org != "Acme" || !cs[1].Enabled {
+	if len(cs[1].Domains) != 0 || !slices.Equal(cs[1].Scope, []string{"example.com", "example.org"}) || cs[1].Org != "Acme" || !cs[1].Enabled || cs[1].Envelope {
 		t.Errorf("groupware = %+v", cs[1])
 	}
 	if !strings.HasPrefix(cs[1].Secret.Reveal(), "whsec_") {
@@ -103,6 +103,13 @@ func TestConsumers(t *testing.T) {
 	}
 	if cs, _ = st.Consumers(ctx); !slices.Equal(cs[1].Scope, []string{"example.com", "example.net", "example.org"}) {
 		t.Errorf("after a new Acme domain: scope %v", cs[1].Scope)
+	}
+	// The subjects-and-senders opt-in is stored and read back.
+	if _, err := st.AddConsumer(ctx, NewConsumer{Name: "mailapp", URL: "https://a.example/", Secret: sec, Org: "Acme", Envelope: true}); err != nil {
+		t.Fatal(err)
+	}
+	if cs, _ = st.Consumers(ctx); len(cs) != 3 || cs[2].Name != "mailapp" || !cs[2].Envelope || cs[0].Envelope || cs[1].Envelope {
+		t.Errorf("after adding mailapp with Envelope: %+v", cs)
 	}
 	if err := st.DelConsumer(ctx, "GROUPWARE"); err != nil {
 		t.Fatal(err)

@@ -165,6 +165,8 @@ type Dispatcher struct {
 
 	pubMu sync.Mutex // Publish: log order is fan-out order, per account
 	cache consumerCache
+	// fetchEnv reads envelopes for opted-in consumers; nil: none can be.
+	fetchEnv envelopeFetcher
 }
 
 // consumerCache holds the consumers for one store generation.
@@ -174,8 +176,9 @@ type consumerCache struct {
 }
 
 type scopedConsumer struct {
-	id    int64
-	scope map[string]bool
+	id       int64
+	scope    map[string]bool
+	envelope bool // opted in to subjects and senders
 }
 
 // NewDispatcher returns a Dispatcher; cfg must be valid.
@@ -210,6 +213,10 @@ func (d *Dispatcher) config() *DeliveryConfig { return d.cfg.Load() }
 // and queued for every enabled consumer whose scope holds the domain of its
 // Account or of one of its Readers. An error means nothing was recorded:
 // the caller should have the affected mailboxes reconciled.
+//
+// Consumers that opted in to subjects and senders get a message.added
+// with Envelopes, fetched from Cyrus first (bounded; envelope.go); no one
+// else does, and a batch without such an event never waits for IMAP.
 func (d *Dispatcher) Publish(ctx context.Context, evs []Event) error {
 	if len(evs) == 0 {
 		return nil
@@ -220,13 +227,15 @@ func (d *Dispatcher) Publish(ctx context.Context, evs []Event) error {
 	if err != nil {
 		return fmt.Errorf("publish events: %w", err)
 	}
+	enriched := d.envelopes(ctx, evs, consumers)
 	var logged []store.NewAccountEvent
 	var hooks []store.NewWebhook
 	var types []string
-	for _, ev := range evs {
+	for i, ev := range evs {
 		if ev.Time.IsZero() {
 			ev.Time = d.now().UTC()
 		}
+		ev.Envelopes, ev.EnvelopeError = nil, "" // only ever from enriched
 		data, err := json.Marshal(ev)
 		if err != nil {
 			return fmt.Errorf("publish events: %w", err)
@@ -238,9 +247,20 @@ func (d *Dispatcher) Publish(ctx context.Context, evs []Event) error {
 				types = append(types, ev.Type)
 			}
 		}
-		var body []byte
+		var body, envBody []byte
 		for _, c := range consumers {
 			if !inScope(c.scope, ev.Account, readers) {
+				continue
+			}
+			if c.envelope && enriched != nil && enriched[i] != nil {
+				if envBody == nil {
+					eev := ev
+					eev.Envelopes, eev.EnvelopeError = enriched[i].envs, enriched[i].code
+					if envBody, err = marshalWebhook(eev); err != nil {
+						return fmt.Errorf("publish events: %w", err)
+					}
+				}
+				hooks = append(hooks, store.NewWebhook{ConsumerID: c.id, Mailbox: mailboxKey(ev), Payload: envBody})
 				continue
 			}
 			if body == nil {
@@ -287,7 +307,7 @@ func (d *Dispatcher) consumers(ctx context.Context) ([]scopedConsumer, error) {
 		if !c.Enabled {
 			continue
 		}
-		sc := scopedConsumer{id: c.ID, scope: make(map[string]bool, len(c.Scope))}
+		sc := scopedConsumer{id: c.ID, scope: make(map[string]bool, len(c.Scope)), envelope: c.Envelope}
 		for _, dom := range c.Scope {
 			sc.scope[dom] = true
 		}
@@ -295,6 +315,15 @@ func (d *Dispatcher) consumers(ctx context.Context) ([]scopedConsumer, error) {
 	}
 	d.cache = consumerCache{gen: gen, list: list}
 	return list, nil
+}
+
+// marshalWebhook renders ev as a webhook body.
+func marshalWebhook(ev Event) ([]byte, error) {
+	data, err := json.Marshal(ev)
+	if err != nil {
+		return nil, err
+	}
+	return webhookBody(ev.Type, ev.Time, data)
 }
 
 // inScope reports whether the domain of account or of any reader is in

@@ -24,7 +24,8 @@ const (
 )
 
 // Event is one normalised change, as consumers receive it (JSON). It names
-// no subject and no sender.
+// no subject and no sender, except in the webhooks of consumers that opted
+// in (Envelopes; envelope.go).
 type Event struct {
 	Type string `json:"type"`
 	// Account is the canonical address of the mailbox's owner; "" for a
@@ -57,6 +58,12 @@ type Event struct {
 	// stands for a storm of events on a mailbox, or "reconcile" for the
 	// reconciler's.
 	CyrusEvent string `json:"cyrusEvent"`
+	// Envelopes are the new messages' subjects and senders: only in a
+	// message.added webhook to a consumer that opted in, never in the
+	// event log or the streams. EnvelopeError says why some or all are
+	// missing (EnvelopeUnavailable, EnvelopeIncomplete).
+	Envelopes     []MessageEnvelope `json:"envelopes,omitempty"`
+	EnvelopeError string            `json:"envelopeError,omitempty"`
 
 	// Readers are the canonical addresses allowed to see this event: the
 	// owner and ACL holders with the l and r rights, never "anyone".

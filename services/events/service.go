@@ -115,6 +115,7 @@ func New(cfg Config, cy ReconcileCyrus, st *store.Store, canon store.Canon, veri
 		verify: verify, queue: make(chan Event, publishQueue)}
 	s.cfg.Store(&cfg)
 	s.disp = NewDispatcher(cfg.Delivery, st, log)
+	s.disp.UseCyrusForEnvelopes(cy) // for consumers that opted in to subjects and senders
 	s.rec = NewReconciler(cfg.Reconcile, cy, stateStore{st: st, streams: s.disp.hub.accounts}, s.disp.Publish, log)
 	return s, nil
 }

@@ -17,6 +17,9 @@ CREATE TABLE consumers (
 	-- never widens it.
 	org_id  INTEGER REFERENCES organisations(id) ON DELETE SET NULL,
 	enabled INTEGER NOT NULL DEFAULT 1 CHECK (enabled IN (0, 1)),
+	-- envelope: the consumer opted in to subjects and senders, fetched
+	-- from IMAP for message.added (events-anchors §4.2).
+	envelope INTEGER NOT NULL DEFAULT 0 CHECK (envelope IN (0, 1)),
 	created INTEGER NOT NULL
 );
 

@@ -3,7 +3,8 @@
 // authorisation identity, RFC 4616) and listing that user's mailboxes with
 // their status in one round trip (LIST-STATUS, RFC 5819, over
 // LIST-EXTENDED, RFC 5258), so the events reconciler can see which
-// mailboxes changed.
+// mailboxes changed; and, for the subjects-and-senders opt-in, reading new
+// messages' envelopes read-only (EXAMINE, UID FETCH ENVELOPE; envelope.go).
 //
 // Every read is bounded in bytes (line, literal, responses per command;
 // wire.go) and every command in time (Options.Timeout and the caller's
@@ -313,6 +314,13 @@ func (c *Client) do(ctx context.Context, op string, cmd []byte, data func(*respo
 			bye = &Error{Kind: "BYE", Code: resp.code, Text: resp.text}
 		case resp.status != "":
 			c.noteCaps(resp) // untagged OK [CAPABILITY ...] and friends
+			if data != nil && resp.status == "OK" && resp.code != "" {
+				// OK [UIDVALIDITY n] and friends, for Examine; the other
+				// commands' data functions skip them (name "").
+				if err := data(resp); err != nil {
+					return nil, c.fail(fmt.Errorf("imap: %s: %w", op, err))
+				}
+			}
 		default:
 			c.noteCaps(resp)
 			if data != nil {

@@ -93,6 +93,8 @@ type reader struct {
 	left int // bytes the current command's responses may still use
 	line int // bytes of the current line outside literals
 	toks int // tokens of the current response
+	// fetch: parse FETCH responses (UIDFetchEnvelope is running).
+	fetch bool
 }
 
 func newReader(r io.Reader) *reader {
@@ -149,7 +151,9 @@ func readResponse(r *reader) (*response, error) {
 		return resp, r.readRespText(resp)
 	case tag != "*":
 		return nil, fmt.Errorf("%w: tagged %q", errSyntax, word)
-	case resp.num == "" && parsedData[word]:
+	case resp.num == "" && parsedData[word], resp.num != "" && word == "FETCH" && r.fetch:
+		// message-data "FETCH" msg-att: parsed during UIDFetchEnvelope
+		// only, skipped (with its literals) otherwise.
 		resp.name = word
 		resp.fields, err = r.readFields()
 		return resp, err
