@@ -665,9 +665,19 @@ func (h *hookRecorder) problem(format string, args ...any) {
 
 func (h *hookRecorder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
-	h.mu.Lock()
-	key, sink := h.keys[r.URL.Path], h.sinks[r.URL.Path]
-	h.mu.Unlock()
+	// serve may send to a consumer as soon as `consumer add` committed,
+	// before the test has read the printed secret and registered the
+	// path (a start-up reconcile, say): wait for it a little.
+	var key []byte
+	var sink *received
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		h.mu.Lock()
+		key, sink = h.keys[r.URL.Path], h.sinks[r.URL.Path]
+		h.mu.Unlock()
+		if sink != nil || time.Now().After(deadline) {
+			break
+		}
+	}
 	switch {
 	case err != nil:
 		h.problem("%s: reading the body: %v", r.URL.Path, err)
