@@ -44,32 +44,28 @@ func (s *Store) RecordLogins(ctx context.Context, es []LoginEvent) error {
 	if len(es) == 0 {
 		return nil
 	}
-	if len(es) > 1000 {
-		// SQLite's variable limit is far above 6000; bound the statement.
-		if err := s.RecordLogins(ctx, es[:1000]); err != nil {
-			return err
-		}
-		return s.RecordLogins(ctx, es[1000:])
-	}
-	// One multi-row INSERT per batch: per-row statements cost more than
-	// the row (the responder records every attempt).
-	const cols = 6
-	q := make([]byte, 0, 96+len(es)*16)
-	q = append(q, "INSERT INTO login_audit (at, login, service, result, reason, client) VALUES "...)
-	args := make([]any, 0, len(es)*cols)
-	for i, e := range es {
-		if i > 0 {
-			q = append(q, ',')
-		}
-		q = append(q, "(?,?,?,?,?,?)"...)
-		if e.At.IsZero() {
-			e.At = time.Now()
-		}
-		args = append(args, e.At.Unix(), trunc(e.Login), trunc(e.Service), e.Result, trunc(e.Reason), trunc(e.Client))
-	}
 	err := s.write(ctx, func(tx *sql.Tx) error {
-		_, err := tx.ExecContext(ctx, string(q), args...)
-		return err
+		// The batch in chunks of the prepared sizes, largest first.
+		args := make([]any, 0, auditChunks[0]*auditCols)
+		for len(es) > 0 {
+			i := 0
+			for auditChunks[i] > len(es) {
+				i++
+			}
+			n := auditChunks[i]
+			args = args[:0]
+			for _, e := range es[:n] {
+				if e.At.IsZero() {
+					e.At = time.Now()
+				}
+				args = append(args, e.At.Unix(), trunc(e.Login), trunc(e.Service), e.Result, trunc(e.Reason), trunc(e.Client))
+			}
+			if _, err := tx.StmtContext(ctx, s.auditStmts[i]).ExecContext(ctx, args...); err != nil {
+				return err
+			}
+			es = es[n:]
+		}
+		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("record logins: %w", err)
@@ -135,4 +131,23 @@ func (s *Store) PruneAudit(ctx context.Context, before time.Time, maxRows int) (
 		}
 	}
 	return total, nil
+}
+
+// auditChunks are the row counts of the prepared audit INSERTs: the
+// responder writes batches of up to 256, and any count is a sum of these.
+var auditChunks = [...]int{256, 64, 16, 4, 1}
+
+const auditCols = 6
+
+// auditInsert is the multi-row INSERT of n login attempts.
+func auditInsert(n int) string {
+	q := make([]byte, 0, 96+n*16)
+	q = append(q, "INSERT INTO login_audit (at, login, service, result, reason, client) VALUES "...)
+	for i := range n {
+		if i > 0 {
+			q = append(q, ',')
+		}
+		q = append(q, "(?,?,?,?,?,?)"...)
+	}
+	return string(q)
 }

@@ -2,6 +2,7 @@ package store
 
 import (
 	"fmt"
+	"path/filepath"
 	"slices"
 	"testing"
 	"time"
@@ -41,4 +42,24 @@ func TestRecordLogins(t *testing.T) {
 			t.Fatalf("row %d = %#v, want %#v", i, got[i], want[i])
 		}
 	}
+}
+
+// BenchmarkRecordLogins writes the responder's batches of 256 attempts.
+func BenchmarkRecordLogins(b *testing.B) {
+	st, err := Open(b.Context(), filepath.Join(b.TempDir(), "s.db"), Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer st.Close()
+	batch := make([]LoginEvent, 256)
+	for i := range batch {
+		batch[i] = LoginEvent{At: time.Now(), Login: "alice@example.com", Service: "imap", Result: ResultOK, Reason: "ok", Client: "192.0.2.1"}
+	}
+	b.ResetTimer()
+	for b.Loop() {
+		if err := st.RecordLogins(b.Context(), batch); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(batch))/1000, "µs/row")
 }

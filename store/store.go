@@ -60,6 +60,9 @@ type Store struct {
 	// running it: about 80 µs of CPU per login for the two of them.
 	userStmt    *sql.Stmt // userByAddress
 	appPassStmt *sql.Stmt // appPasswordsOf
+	// auditStmts insert auditChunks[i] login attempts each, prepared once
+	// on the writer: parsing a 256-row INSERT was a third of its cost.
+	auditStmts [len(auditChunks)]*sql.Stmt
 
 	// The watcher: one connection of its own, because PRAGMA data_version
 	// only changes for commits made by other connections.
@@ -164,7 +167,7 @@ func (s *Store) Close() error {
 	if s.watch != nil {
 		errs = append(errs, s.watch.Close())
 	}
-	for _, st := range []*sql.Stmt{s.userStmt, s.appPassStmt} {
+	for _, st := range append([]*sql.Stmt{s.userStmt, s.appPassStmt}, s.auditStmts[:]...) {
 		if st != nil {
 			errs = append(errs, st.Close())
 		}
@@ -185,6 +188,11 @@ func (s *Store) prepare(ctx context.Context) error {
 	}
 	if s.appPassStmt, err = s.r.PrepareContext(ctx, appPasswordsOf); err != nil {
 		return fmt.Errorf("prepare: %w", err)
+	}
+	for i, n := range auditChunks {
+		if s.auditStmts[i], err = s.w.PrepareContext(ctx, auditInsert(n)); err != nil {
+			return fmt.Errorf("prepare: %w", err)
+		}
 	}
 	return nil
 }
