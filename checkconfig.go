@@ -40,6 +40,8 @@ func cmdCheckConfig(args []string, std stdio, getenv func(string) string) error 
 		{"lmtp", onOff(cfg.LMTP.Enabled, strings.Join(cfg.LMTP.Listen, " "))},
 		{"socketmap", onOff(cfg.Socketmap.Enabled, strings.Join(cfg.Socketmap.Listen, " "))},
 		{"vacation", onOff(cfg.Vacation.Enabled, "ManageSieve "+string(cfg.Cyrus.ManageSieve)+", policy "+cfg.Vacation.Policy)},
+		{"events", onOff(cfg.Events.Enabled, "notify socket "+cfg.Events.Ingest.Socket+", reconciler IMAP "+string(cfg.Cyrus.IMAP))},
+		{"http", onOff(cfg.Metrics.Enabled || cfg.Events.Enabled, string(cfg.HTTP.Listen)+httpRoutes(cfg))},
 	})
 }
 
@@ -48,4 +50,16 @@ func onOff(enabled bool, where string) string {
 		return "disabled"
 	}
 	return where
+}
+
+// httpRoutes names what the HTTP listener serves.
+func httpRoutes(cfg *Config) string {
+	var r []string
+	if cfg.Metrics.Enabled {
+		r = append(r, "/metrics")
+	}
+	if cfg.Events.Enabled {
+		r = append(r, "/events")
+	}
+	return " (" + strings.Join(r, ", ") + ")"
 }
