@@ -3,6 +3,7 @@ package imap
 import (
 	"bufio"
 	"bytes"
+	"cyrus-sidecar/services/wire"
 	"errors"
 	"fmt"
 	"io"
@@ -365,69 +366,24 @@ func (r *reader) readWord() (string, error) {
 
 // readQuoted reads a quoted string after its opening quote (RFC 3501
 // quoted, RFC 9051 adding UTF-8): "\" escapes only "\" and DQUOTE.
-func (r *reader) readQuoted() (string, error) {
-	var s []byte
-	for {
-		c, err := r.readByte()
-		if err != nil {
-			return "", err
-		}
-		switch c {
-		case '"':
-			return string(s), nil
-		case '\\':
-			if c, err = r.readByte(); err != nil {
-				return "", err
-			}
-			if c != '"' && c != '\\' {
-				return "", fmt.Errorf("%w: \\%c in quoted string", errSyntax, c)
-			}
-		case '\r', '\n', 0:
-			return "", fmt.Errorf("%w: CR, LF or NUL in quoted string", errSyntax)
-		}
-		s = append(s, c)
-	}
-}
+func (r *reader) readQuoted() (string, error) { return wire.ReadQuoted(r.readByte, errSyntax) }
 
 // readLiteral reads a literal after its "{": "{" number "}" CRLF *CHAR8.
 // The non-synchronising client form "{n+}" is taken too.
 func (r *reader) readLiteral() (string, error) {
-	n, digits := 0, 0
-	c, err := r.readByte()
-	for ; err == nil && c >= '0' && c <= '9'; c, err = r.readByte() {
-		if digits++; digits > maxLiteralDigits {
-			return "", fmt.Errorf("%w: literal size too long", errSyntax)
-		}
-		n = n*10 + int(c-'0')
-	}
-	if err == nil && c == '+' && digits > 0 {
-		c, err = r.readByte()
-	}
+	n, err := wire.ReadLiteralSize(r.readByte, errSyntax)
 	if err != nil {
-		return "", err
-	}
-	if c != '}' || digits == 0 {
-		return "", fmt.Errorf("%w: literal size", errSyntax)
-	}
-	if err := r.expect('\r'); err != nil {
-		return "", err
-	}
-	if err := r.expect('\n'); err != nil {
 		return "", err
 	}
 	if n > maxLiteral || n > r.left {
 		return "", fmt.Errorf("%w: literal of %d bytes", errTooLong, n)
 	}
-	// Grow with what arrives, not with what the server announced.
-	var buf bytes.Buffer
-	if _, err := io.CopyN(&buf, r.br, int64(n)); err != nil {
-		if err == io.EOF {
-			err = io.ErrUnexpectedEOF
-		}
+	s, err := wire.ReadLiteral(r.br, n)
+	if err != nil {
 		return "", err
 	}
 	r.left -= n
-	return buf.String(), nil
+	return s, nil
 }
 
 // discard skips a literal's n octets of a response we do not parse.

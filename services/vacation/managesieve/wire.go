@@ -2,7 +2,7 @@ package managesieve
 
 import (
 	"bufio"
-	"bytes"
+	"cyrus-sidecar/services/wire"
 	"errors"
 	"fmt"
 	"io"
@@ -29,8 +29,6 @@ const (
 	// than the bytes that make them ("((((" is one token per byte).
 	// LISTSCRIPTS with maxDataLines scripts needs 2 per line.
 	maxTokens = 5 * maxDataLines
-	// maxLiteralDigits: RFC 5804 §4 number is 0..4294967295.
-	maxLiteralDigits = 10
 )
 
 // Failure classes.
@@ -249,71 +247,24 @@ func (r *reader) readByte() (byte, error) {
 
 // readQuoted reads a quoted string after its opening quote:
 // QUOTED-CHAR = SAFE-UTF8-CHAR / "\" QUOTED-SPECIALS (RFC 5804 §4).
-func (r *reader) readQuoted() (string, error) {
-	var s []byte
-	for {
-		b, err := r.readByte()
-		if err != nil {
-			return "", err
-		}
-		switch b {
-		case '"':
-			return string(s), nil
-		case '\\':
-			if b, err = r.readByte(); err != nil {
-				return "", err
-			}
-			if b != '"' && b != '\\' {
-				return "", fmt.Errorf("%w: \\%c in quoted string", errSyntax, b)
-			}
-		case '\r', '\n', 0:
-			return "", fmt.Errorf("%w: CR, LF or NUL in quoted string", errSyntax)
-		}
-		s = append(s, b)
-	}
-}
+func (r *reader) readQuoted() (string, error) { return wire.ReadQuoted(r.readByte, errSyntax) }
 
 // readLiteral reads a literal after its "{": literal-s2c = "{" number "}"
 // CRLF *OCTET. We also take the client form "{N+}".
 func (r *reader) readLiteral() (string, error) {
-	n, digits := 0, 0
-	b, err := r.readByte()
-	for ; err == nil && b >= '0' && b <= '9'; b, err = r.readByte() {
-		if digits++; digits > maxLiteralDigits {
-			return "", fmt.Errorf("%w: literal size too long", errSyntax)
-		}
-		n = n*10 + int(b-'0')
-	}
-	if err == nil && b == '+' && digits > 0 {
-		b, err = r.readByte()
-	}
+	n, err := wire.ReadLiteralSize(r.readByte, errSyntax)
 	if err != nil {
 		return "", err
-	}
-	if b != '}' || digits == 0 {
-		return "", fmt.Errorf("%w: literal size", errSyntax)
-	}
-	for _, want := range []byte("\r\n") {
-		if b, err = r.readByte(); err != nil {
-			return "", err
-		}
-		if b != want {
-			return "", fmt.Errorf("%w: no CRLF after literal size", errSyntax)
-		}
 	}
 	if n > maxScript || n > r.left {
 		return "", fmt.Errorf("%w: literal of %d bytes", errTooLong, n)
 	}
-	// Grow with what arrives, not with what the server announced.
-	var buf bytes.Buffer
-	if _, err := io.CopyN(&buf, r.br, int64(n)); err != nil {
-		if err == io.EOF {
-			err = io.ErrUnexpectedEOF
-		}
+	s, err := wire.ReadLiteral(r.br, n)
+	if err != nil {
 		return "", err
 	}
 	r.left -= n
-	return buf.String(), nil
+	return s, nil
 }
 
 // readAtom reads the rest of an atom whose first byte is first.
