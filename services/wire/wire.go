@@ -84,3 +84,23 @@ func ReadLiteral(r io.Reader, n int) (string, error) {
 	}
 	return buf.String(), nil
 }
+
+// ReadAtom reads the rest of an atom whose first byte is first: the bytes
+// that follow while atomChar holds. peek looks at the next byte without
+// taking it; next takes it (bounded by the caller).
+func ReadAtom(first byte, peek, next func() (byte, error), atomChar func(byte) bool) (string, error) {
+	a := []byte{first}
+	for {
+		c, err := peek()
+		if err != nil {
+			return "", err
+		}
+		if !atomChar(c) {
+			return string(a), nil
+		}
+		if c, err = next(); err != nil {
+			return "", err
+		}
+		a = append(a, c)
+	}
+}

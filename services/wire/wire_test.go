@@ -76,3 +76,29 @@ func FuzzReadQuoted(f *testing.F) {
 		}
 	})
 }
+
+func TestReadAtom(t *testing.T) {
+	atom := func(c byte) bool { return c > ' ' && c < 0x7f && c != '(' && c != ')' }
+	for _, c := range []struct {
+		in, want string
+		bad      bool
+	}{
+		{"ERSION rest", "VERSION", false},
+		{"K)", "OK", false},
+		{"", "", true}, // the input ends inside the response
+	} {
+		br := bufio.NewReader(strings.NewReader(c.in))
+		peek := func() (byte, error) {
+			p, err := br.Peek(1)
+			if err != nil {
+				return 0, err
+			}
+			return p[0], nil
+		}
+		first := map[string]byte{"VERSION": 'V', "OK": 'O', "": 'X'}[c.want]
+		got, err := ReadAtom(first, peek, br.ReadByte, atom)
+		if c.bad != (err != nil) || (!c.bad && got != c.want) {
+			t.Errorf("ReadAtom(%q) = %q, %v", c.in, got, err)
+		}
+	}
+}

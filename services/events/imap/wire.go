@@ -340,23 +340,20 @@ func (r *reader) expect(want byte) error {
 func (r *reader) readWord() (string, error) {
 	var w []byte
 	for {
-		p, err := r.br.Peek(1)
-		if err == io.EOF {
-			return "", io.ErrUnexpectedEOF
-		}
+		c, err := r.peekByte()
 		if err != nil {
 			return "", err
 		}
-		if p[0] == ' ' || p[0] == '\r' {
+		if c == ' ' || c == '\r' {
 			if len(w) == 0 {
 				return "", fmt.Errorf("%w: empty word", errSyntax)
 			}
 			return string(w), nil
 		}
-		if p[0] <= ' ' || p[0] >= 0x7f {
-			return "", fmt.Errorf("%w: byte %#02x in a word", errSyntax, p[0])
+		if c <= ' ' || c >= 0x7f {
+			return "", fmt.Errorf("%w: byte %#02x in a word", errSyntax, c)
 		}
-		c, err := r.readByte()
+		c, err = r.readByte()
 		if err != nil {
 			return "", err
 		}
@@ -403,24 +400,20 @@ func (r *reader) discard(n int) error {
 
 // readAtom reads the rest of an atom whose first byte is first.
 func (r *reader) readAtom(first byte) (string, error) {
-	a := []byte{first}
-	for {
-		p, err := r.br.Peek(1)
-		if err == io.EOF {
-			return "", io.ErrUnexpectedEOF
-		}
-		if err != nil {
-			return "", err
-		}
-		if !isAtomChar(p[0]) {
-			return string(a), nil
-		}
-		c, err := r.readByte()
-		if err != nil {
-			return "", err
-		}
-		a = append(a, c)
+	return wire.ReadAtom(first, r.peekByte, r.readByte, isAtomChar)
+}
+
+// peekByte returns the next byte without taking it; the end of input
+// here is always within a response.
+func (r *reader) peekByte() (byte, error) {
+	p, err := r.br.Peek(1)
+	if err == io.EOF {
+		return 0, io.ErrUnexpectedEOF
 	}
+	if err != nil {
+		return 0, err
+	}
+	return p[0], nil
 }
 
 // isAtomChar: printable ASCII but the bytes that start or end other

@@ -269,24 +269,20 @@ func (r *reader) readLiteral() (string, error) {
 
 // readAtom reads the rest of an atom whose first byte is first.
 func (r *reader) readAtom(first byte) (string, error) {
-	a := []byte{first}
-	for {
-		p, err := r.br.Peek(1)
-		if err == io.EOF {
-			return "", io.ErrUnexpectedEOF
-		}
-		if err != nil {
-			return "", err
-		}
-		if !isAtomChar(p[0]) {
-			return string(a), nil
-		}
-		b, err := r.readByte()
-		if err != nil {
-			return "", err
-		}
-		a = append(a, b)
+	return wire.ReadAtom(first, r.peekByte, r.readByte, isAtomChar)
+}
+
+// peekByte returns the next byte without taking it; the end of input
+// here is always within a response.
+func (r *reader) peekByte() (byte, error) {
+	p, err := r.br.Peek(1)
+	if err == io.EOF {
+		return 0, io.ErrUnexpectedEOF
 	}
+	if err != nil {
+		return 0, err
+	}
+	return p[0], nil
 }
 
 // isAtomChar: printable ASCII but for the characters that start or end
