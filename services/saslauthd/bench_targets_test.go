@@ -203,19 +203,26 @@ func benchStopDaemon(b *testing.B, name string, master int) {
 }
 
 // benchNoop runs this test binary again as a do-nothing responder
-// (TestSaslauthdBenchNoop).
-func benchNoop(b *testing.B, dir string) *benchTarget {
-	sock := filepath.Join(dir, "noop.sock")
+// (TestSaslauthdBenchNoop), named name. With verify it checks each
+// request's password against benchSHA512 before it answers: the
+// hash-bound server, as little as a Go server can do around the verify.
+func benchNoop(b *testing.B, dir, name string, verify bool) *benchTarget {
+	sock := filepath.Join(dir, name+".sock")
 	cmd := exec.Command(os.Args[0], "-test.run=^TestSaslauthdBenchNoop$", "-test.timeout=0")
 	cmd.Env = append(os.Environ(), benchNoopEnv+"="+sock)
-	pid := lab.StartNotify(b, "noop", cmd, dir, benchTimeout)
-	return &benchTarget{name: "noop", sock: sock, pids: func(testing.TB) []int { return []int{pid} }}
+	if verify {
+		cmd.Env = append(cmd.Env, benchNoopVerifyEnv+"=1")
+	}
+	pid := lab.StartNotify(b, name, cmd, dir, benchTimeout)
+	return &benchTarget{name: name, sock: sock, pids: func(testing.TB) []int { return []int{pid} }}
 }
 
 // TestSaslauthdBenchNoop is no test: it is BenchmarkSaslauthd's do-nothing
 // responder, in a process of its own. It reads each connection's request
 // with the real responder's wire code (not waiting for a fifth field),
-// answers OK and closes, a goroutine per connection, until SIGTERM.
+// answers OK (with benchNoopVerifyEnv set: OK if password.Verify of
+// benchSHA512 says so, else NO) and closes, a goroutine per connection,
+// until SIGTERM.
 func TestSaslauthdBenchNoop(t *testing.T) {
 	sock := os.Getenv(benchNoopEnv)
 	if sock == "" {
@@ -228,6 +235,7 @@ func TestSaslauthdBenchNoop(t *testing.T) {
 		t.Fatal(err)
 	}
 	context.AfterFunc(ctx, func() { ln.Close() })
+	verify := os.Getenv(benchNoopVerifyEnv) != ""
 	lab.NotifyReady(t)
 	var wg sync.WaitGroup
 	for {
@@ -238,9 +246,15 @@ func TestSaslauthdBenchNoop(t *testing.T) {
 		wg.Go(func() {
 			defer c.Close()
 			c.SetDeadline(time.Now().Add(benchTimeout))
-			if _, err := readRequest(bufio.NewReaderSize(c, maxRequest), nil); err == nil {
-				writeReply(c, true, "")
+			req, err := readRequest(bufio.NewReaderSize(c, maxRequest), nil)
+			if err != nil {
+				return
 			}
+			ok := true
+			if verify {
+				ok, _ = password.Verify(benchSHA512, req.Password)
+			}
+			writeReply(c, ok, "")
 		})
 	}
 	wg.Wait()
