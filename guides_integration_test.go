@@ -78,12 +78,19 @@ enabled = false
 // it is ready; it is killed at cleanup.
 func (e *guideEnv) serve(t *testing.T) {
 	t.Helper()
+	e.serveDaemon(t)
+}
+
+// serveDaemon is serve, returning the process for a test that stops it.
+func (e *guideEnv) serveDaemon(t *testing.T) *daemon {
+	t.Helper()
 	d := startServe(t, e.dir, "-config", e.cfg)
 	d.waitLog(t, "ready")
 	go func() {
 		for range d.logs { // serve must never block on a full log pipe
 		}
 	}()
+	return d
 }
 
 // runDoc runs a snippet with sh after replacing each old text (which must

@@ -49,6 +49,7 @@ const usage = `usage: cyrus-sidecar COMMAND [ARGS] [-config FILE]
   token    issue ADDRESS     a single sign-on token for groupware (docs/sso-tokens.md)
   consumer add|del|list      event webhooks: who receives signed mailbox events (docs/events.md)
   doctor                     check config, store, sockets and permissions, probe Cyrus; a fix for each failure
+  backup   FILE              a consistent, checked copy of the store, while serve runs (docs/operations.md)
   version                    print the version
 
 Run "cyrus-sidecar COMMAND -h" for a command's flags.`
@@ -84,6 +85,8 @@ func realMain(args []string, std stdio, getenv func(string) string) error {
 		return cmdConsumer(rest, std, getenv)
 	case "doctor":
 		return cmdDoctor(rest, std, getenv)
+	case "backup":
+		return cmdBackup(rest, std, getenv)
 	case "version", "-version", "--version":
 		fmt.Fprintln(std.out, version())
 		return nil
