@@ -307,7 +307,9 @@ func TestSystemdUnits(t *testing.T) {
 	units, _ := filepath.Glob("systemd/*.service")
 	sockets, err := filepath.Glob("systemd/*.socket")
 	units = append(units, sockets...)
-	if err != nil || len(units) != 5 {
+	timers, _ := filepath.Glob("systemd/*.timer")
+	units = append(units, timers...)
+	if err != nil || len(units) != 7 {
 		t.Fatalf("units: %v, %v", units, err)
 	}
 	var names []string
@@ -333,10 +335,48 @@ func TestSystemdUnits(t *testing.T) {
 	if out, err := cmd.CombinedOutput(); err != nil || len(out) > 0 {
 		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
 	}
-	cmd = exec.Command(tool, "security", "--offline=yes", "--threshold=20", "--no-pager", "./cyrus-sidecar.service")
-	cmd.Dir = dir
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Errorf("systemd-analyze security above 2.0: %v\n%s", err, out)
+	for _, u := range []string{"./cyrus-sidecar.service", "./cyrus-sidecar-backup.service"} {
+		cmd = exec.Command(tool, "security", "--offline=yes", "--threshold=20", "--no-pager", u)
+		cmd.Dir = dir
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("systemd-analyze security of %s above 2.0: %v\n%s", u, err, out)
+		}
+	}
+}
+
+// TestBackupUnit runs cyrus-sidecar-backup.service's ExecStart line as it
+// is, with only the binary, the configuration and the state directory put
+// elsewhere: twice, since the timer runs it every day onto the same file.
+func TestBackupUnit(t *testing.T) {
+	b, err := os.ReadFile("systemd/cyrus-sidecar-backup.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var line string
+	for l := range strings.Lines(string(b)) {
+		if rest, ok := strings.CutPrefix(l, "ExecStart="); ok {
+			line = strings.TrimSpace(rest)
+		}
+	}
+	cfg := testEnv(t)
+	dir := filepath.Dir(cfg)
+	mustRun(t, cfg, "", "org", "add", "Acme")
+	args := strings.Fields(line)
+	if len(args) < 2 || args[0] != "/usr/sbin/cyrus-sidecar" {
+		t.Fatalf("ExecStart=%s", line)
+	}
+	for i, a := range args {
+		a = strings.ReplaceAll(a, "/etc/cyrus-sidecar/config.toml", cfg)
+		args[i] = strings.ReplaceAll(a, "/var/lib/cyrus-sidecar", dir)
+	}
+	if err := os.Mkdir(filepath.Join(dir, "backup"), 0o750); err != nil { // StateDirectory= makes it
+		t.Fatal(err)
+	}
+	for range 2 {
+		out, errOut, err := runCLI(t, "", "", args[1:]...)
+		if err != nil || !strings.Contains(out, "wrote "+filepath.Join(dir, "backup", "store.db")) {
+			t.Fatalf("%v: %v\n%s%s", args, err, out, errOut)
+		}
 	}
 }
 

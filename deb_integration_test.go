@@ -275,6 +275,9 @@ func debCheckArchive(t *testing.T, pkg string) {
 		"/lib/systemd/system/cyrus-sidecar-saslauthd.socket": "-rw-r--r-- root/root",
 		"/lib/systemd/system/cyrus-sidecar-lmtp.socket":      "-rw-r--r-- root/root",
 		"/lib/systemd/system/cyrus-sidecar-socketmap.socket": "-rw-r--r-- root/root",
+		"/lib/systemd/system/cyrus-sidecar-events.socket":    "-rw-r--r-- root/root",
+		"/lib/systemd/system/cyrus-sidecar-backup.service":   "-rw-r--r-- root/root",
+		"/lib/systemd/system/cyrus-sidecar-backup.timer":     "-rw-r--r-- root/root",
 		"/usr/lib/sysusers.d/cyrus-sidecar.conf":             "-rw-r--r-- root/root",
 		"/usr/lib/tmpfiles.d/cyrus-sidecar.conf":             "-rw-r--r-- root/root",
 		"/etc/cyrus-sidecar":                                 "drwxr-x--- root/root",
@@ -378,7 +381,8 @@ func debCheckNotStarted(t *testing.T) {
 	if _, err := os.Stat("/run/systemd/system"); err != nil {
 		return // no systemd: the process check above is all there is
 	}
-	for _, u := range []string{"cyrus-sidecar.service", "cyrus-sidecar-saslauthd.socket", "cyrus-sidecar-lmtp.socket", "cyrus-sidecar-socketmap.socket"} {
+	for _, u := range []string{"cyrus-sidecar.service", "cyrus-sidecar-saslauthd.socket", "cyrus-sidecar-lmtp.socket", "cyrus-sidecar-socketmap.socket",
+		"cyrus-sidecar-events.socket", "cyrus-sidecar-backup.timer"} {
 		active, _ := exec.Command("systemctl", "is-active", u).Output()
 		enabled, _ := exec.Command("systemctl", "is-enabled", u).Output()
 		if a, e := strings.TrimSpace(string(active)), strings.TrimSpace(string(enabled)); a == "active" || e == "enabled" {

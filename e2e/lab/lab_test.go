@@ -353,3 +353,10 @@ func waitFor(t *testing.T, timeout time.Duration, cond func() bool, msg string) 
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// serving reports whether this lab serves /dev/log.
+func (s *syslogCatcher) serving() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.conn != nil
+}

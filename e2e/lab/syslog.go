@@ -183,13 +183,6 @@ func (s *syslogCatcher) stop() {
 	}
 }
 
-// serving reports whether this lab serves /dev/log.
-func (s *syslogCatcher) serving() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.conn != nil
-}
-
 // lines returns the last lines of this lab's syslog file.
 func (s *syslogCatcher) lines() string {
 	return tail(filepath.Join(s.labDir, syslogFile), 80)
