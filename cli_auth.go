@@ -3,9 +3,12 @@ package main
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"time"
+	"unicode/utf8"
 
 	"cyrus-sidecar/services/saslauthd"
+	"cyrus-sidecar/store"
 	"cyrus-sidecar/store/password"
 )
 
@@ -13,8 +16,11 @@ import (
 // password, or token) on stdin, and exactly why it would fail. The socket
 // only ever says OK or NO; this is where an admin finds the reason.
 func cmdAuth(args []string, std stdio, getenv func(string) string) error {
+	if len(args) > 0 && args[0] == "log" {
+		return cmdAuthLog(args[1:], std, getenv)
+	}
 	if len(args) == 0 || args[0] != "test" {
-		return usagef("auth: expected test")
+		return usagef("auth: expected test or log")
 	}
 	c := newCommand("auth test", "auth test ADDRESS [-service imap] [-password-stdin] [-config FILE]   (the password on stdin)", std, getenv)
 	service := c.fs.String("service", "imap", "the `service` Cyrus would send: imap, pop, sieve, http, smtp")
@@ -102,4 +108,69 @@ func cmdToken(args []string, std stdio, getenv func(string) string) error {
 	}
 	fmt.Fprintln(std.out, tok)
 	return nil
+}
+
+// cmdAuthLog is `auth log [ADDRESS]`: the login audit, newest first, as the
+// saslauthd responder recorded it (it writes in batches, so an attempt shows
+// within a fraction of a second).
+func cmdAuthLog(args []string, std stdio, getenv func(string) string) error {
+	c := newCommand("auth log", "auth log [ADDRESS] [-n 50] [-failed] [-service S] [-since 24h] [-json] [-config FILE]", std, getenv).withJSON()
+	n := c.fs.Int("n", 50, "show the newest `count` entries")
+	failed := c.fs.Bool("failed", false, "only failed attempts")
+	service := c.fs.String("service", "", "only this `service` (imap, pop, sieve, HTTP, smtp, as the client sent it)")
+	since := c.fs.Duration("since", 0, "only entries from this `long` ago on (24h, 30m)")
+	ctx := context.Background()
+	pos, err := c.start(ctx, args, 0, 1, "at most one address", false)
+	if err != nil {
+		return err
+	}
+	defer c.close()
+	if *n <= 0 || *n > 100_000 {
+		return usagef("auth log: -n must be between 1 and 100000, got %d", *n)
+	}
+	if *since < 0 {
+		return usagef("auth log: -since must be positive, got %v", *since)
+	}
+	f := store.LoginFilter{Service: *service, Limit: *n}
+	if len(pos) == 1 {
+		// As the responder records it: canonical when it parses (Cyrus's
+		// rules for a login), else as sent.
+		f.Login = pos[0]
+		if a, err := c.canon.Login(pos[0], ""); err == nil {
+			f.Login = a.String()
+		}
+	}
+	if *failed {
+		f.Result = store.ResultFail
+	}
+	if *since > 0 {
+		f.Since = time.Now().Add(-*since)
+	}
+	es, err := c.st.LoginsWhere(ctx, f)
+	if err != nil {
+		return err
+	}
+	if *c.jsonOut {
+		if es == nil {
+			es = []store.LoginEvent{}
+		}
+		return c.printJSON(es)
+	}
+	rows := make([][]string, 0, len(es))
+	for _, e := range es {
+		rows = append(rows, []string{e.At.UTC().Format("2006-01-02 15:04:05Z"), printable(e.Login), printable(e.Service), e.Result,
+			dash(printable(e.Reason)), dash(printable(e.Client))})
+	}
+	return c.printTable([]string{"TIME", "LOGIN", "SERVICE", "RESULT", "REASON", "CLIENT"}, rows)
+}
+
+// printable quotes what a client sent when it holds anything a terminal
+// would act on; the audit keeps the bytes as they came.
+func printable(s string) string {
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f || r == utf8.RuneError || (r >= 0x80 && r < 0xa0) || r == '\u2028' || r == '\u2029' {
+			return strconv.Quote(s)
+		}
+	}
+	return s
 }

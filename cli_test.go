@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cyrus-sidecar/store"
 	"encoding/json"
 	"errors"
 	"io"
@@ -11,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // testEnv is a config file pointing at a fresh store in a temp dir.
@@ -325,4 +327,70 @@ func storedHash(t *testing.T, cfg, address string) string {
 		t.Fatal(err)
 	}
 	return u.PasswordHash.Reveal()
+}
+
+// TestCLIAuthLog: auth log reads the audit newest first, filters by the
+// canonical login, result, service and age, quotes what a client sent
+// when a terminal would act on it, and checks its flags.
+func TestCLIAuthLog(t *testing.T) {
+	cfg := testEnv(t)
+	mustRun(t, cfg, "", "org", "add", "Acme")
+	st, err := store.Open(t.Context(), filepath.Join(filepath.Dir(cfg), "store.db"), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now().UTC().Truncate(time.Second)
+	err = st.RecordLogins(t.Context(), []store.LoginEvent{
+		{At: now.Add(-3 * time.Hour), Login: "alice@example.com", Service: "imap", Result: store.ResultOK, Reason: "ok", Client: "192.0.2.1;1000"},
+		{At: now.Add(-time.Minute), Login: "alice@example.com", Service: "sieve", Result: store.ResultFail, Reason: "wrong password", Client: "192.0.2.2;2000"},
+		{At: now, Login: "bob@example.com", Service: "imap", Result: store.ResultFail, Reason: "unknown user"},
+		{At: now, Login: "evil\x1b[2J", Service: "imap", Result: store.ResultFail, Reason: "malformed login"},
+	})
+	st.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := mustRun(t, cfg, "", "auth", "log")
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 5 || !strings.HasPrefix(lines[0], "TIME") || !strings.Contains(lines[4], "192.0.2.1;1000") {
+		t.Errorf("auth log: want a header and 4 entries, oldest last:\n%s", out)
+	}
+	if strings.Contains(out, "\x1b") || !strings.Contains(out, `"evil\x1b[2J"`) {
+		t.Errorf("auth log printed a client's escape sequence unquoted:\n%q", out)
+	}
+	for _, c := range []struct {
+		args      []string
+		want, not []string
+	}{
+		{[]string{"Alice"}, []string{"wrong password", "192.0.2.1"}, []string{"bob@"}}, // canonicalised, as the responder records
+		{[]string{"-failed"}, []string{"wrong password", "unknown user"}, []string{"192.0.2.1"}},
+		{[]string{"-service", "sieve"}, []string{"wrong password"}, []string{"unknown user"}},
+		{[]string{"-since", "1h"}, []string{"wrong password", "unknown user"}, []string{"192.0.2.1"}},
+		{[]string{"-n", "1", "alice@example.com"}, []string{"wrong password"}, []string{"192.0.2.1"}},
+		{[]string{"carol"}, []string{"TIME"}, []string{"example.com"}},
+	} {
+		out := mustRun(t, cfg, "", append([]string{"auth", "log"}, c.args...)...)
+		for _, w := range c.want {
+			if !strings.Contains(out, w) {
+				t.Errorf("auth log %v lacks %q:\n%s", c.args, w, out)
+			}
+		}
+		for _, w := range c.not {
+			if strings.Contains(out, w) {
+				t.Errorf("auth log %v has %q:\n%s", c.args, w, out)
+			}
+		}
+	}
+	var es []store.LoginEvent
+	if err := json.Unmarshal([]byte(mustRun(t, cfg, "", "auth", "log", "-json", "-failed", "bob")), &es); err != nil || len(es) != 1 || es[0].Reason != "unknown user" {
+		t.Errorf("auth log -json -failed bob: %+v, %v", es, err)
+	}
+	if out := mustRun(t, cfg, "", "auth", "log", "-json", "nobody"); strings.TrimSpace(out) != "[]" {
+		t.Errorf("auth log -json for no entries: %q, want []", out)
+	}
+	for _, bad := range [][]string{{"-n", "0"}, {"-since", "-1h"}, {"a", "b"}} {
+		if _, _, err := runCLI(t, cfg, "", append([]string{"auth", "log"}, bad...)...); err == nil {
+			t.Errorf("auth log %v: no error", bad)
+		}
+	}
 }

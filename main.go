@@ -46,6 +46,7 @@ const usage = `usage: cyrus-sidecar COMMAND [ARGS] [-config FILE]
   apppass  add|del|list      app passwords: one per device, limited services, optional expiry
   vacation set|off|show|preview   out-of-office replies, one text inside the organisation, one outside
   auth     test ADDRESS      would this password log in? and if not, exactly why
+  auth     log [ADDRESS]     the login audit: who logged in to what, from where, and why an attempt failed
   token    issue ADDRESS     a single sign-on token for groupware (docs/sso-tokens.md)
   consumer add|del|list      event webhooks: who receives signed mailbox events (docs/events.md)
   doctor                     check config, store, sockets and permissions, probe Cyrus; a fix for each failure

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -75,11 +76,47 @@ func (s *Store) RecordLogins(ctx context.Context, es []LoginEvent) error {
 
 // Logins returns the newest attempts, all or for one login, newest first.
 func (s *Store) Logins(ctx context.Context, login string, limit int) ([]LoginEvent, error) {
-	q, args := "SELECT at, login, service, result, reason, client FROM login_audit", []any{}
-	if login != "" {
-		q, args = q+" WHERE login = ?", append(args, login)
+	return s.LoginsWhere(ctx, LoginFilter{Login: login, Limit: limit})
+}
+
+// LoginFilter selects audit entries; zero fields select everything.
+type LoginFilter struct {
+	Login   string    // canonical login, as recorded
+	Service string    // as the client sent it (imap, sieve, ...)
+	Result  string    // ResultOK or ResultFail
+	Since   time.Time // at or after (the audit keeps seconds)
+	Limit   int       // the newest Limit entries; <= 0: 100
+}
+
+// LoginsWhere returns the newest attempts that f selects, newest first.
+// With a login it reads the (login, at) index, otherwise the at index.
+func (s *Store) LoginsWhere(ctx context.Context, f LoginFilter) ([]LoginEvent, error) {
+	var where []string
+	var args []any
+	add := func(cond string, v any) {
+		where = append(where, cond)
+		args = append(args, v)
 	}
-	rows, err := s.r.QueryContext(ctx, q+" ORDER BY at DESC, id DESC LIMIT ?", append(args, limit)...)
+	if f.Login != "" {
+		add("login = ?", f.Login)
+	}
+	if f.Service != "" {
+		add("service = ?", f.Service)
+	}
+	if f.Result != "" {
+		add("result = ?", f.Result)
+	}
+	if !f.Since.IsZero() {
+		add("at >= ?", f.Since.Unix())
+	}
+	if f.Limit <= 0 {
+		f.Limit = 100
+	}
+	q := "SELECT at, login, service, result, reason, client FROM login_audit"
+	if len(where) > 0 {
+		q += " WHERE " + strings.Join(where, " AND ")
+	}
+	rows, err := s.r.QueryContext(ctx, q+" ORDER BY at DESC, id DESC LIMIT ?", append(args, f.Limit)...)
 	if err != nil {
 		return nil, fmt.Errorf("list logins: %w", err)
 	}

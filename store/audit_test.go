@@ -63,3 +63,48 @@ func BenchmarkRecordLogins(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(batch))/1000, "µs/row")
 }
+
+// TestLoginsWhere: each filter alone and together, newest first, the limit.
+func TestLoginsWhere(t *testing.T) {
+	st, _ := openTest(t)
+	ctx := t.Context()
+	at := time.Unix(1_700_000_000, 0).UTC()
+	var es []LoginEvent
+	for i := range 40 {
+		e := LoginEvent{At: at.Add(time.Duration(i) * time.Minute), Login: []string{"alice@example.com", "bob@example.com"}[i%2],
+			Service: []string{"imap", "sieve", "smtp"}[i%3], Result: ResultOK, Client: fmt.Sprint("192.0.2.", i)}
+		if i%4 == 0 {
+			e.Result, e.Reason = ResultFail, "wrong password"
+		}
+		es = append(es, e)
+	}
+	if err := st.RecordLogins(ctx, es); err != nil {
+		t.Fatal(err)
+	}
+	want := func(f LoginFilter, keep func(LoginEvent) bool) {
+		t.Helper()
+		got, err := st.LoginsWhere(ctx, f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var exp []LoginEvent
+		for i := len(es) - 1; i >= 0; i-- {
+			if keep(es[i]) && (f.Limit <= 0 && len(exp) < 100 || len(exp) < f.Limit) {
+				exp = append(exp, es[i])
+			}
+		}
+		if !slices.Equal(got, exp) {
+			t.Errorf("%+v: got %d entries %v, want %d %v", f, len(got), got, len(exp), exp)
+		}
+	}
+	want(LoginFilter{}, func(LoginEvent) bool { return true })
+	want(LoginFilter{Limit: 5}, func(LoginEvent) bool { return true })
+	want(LoginFilter{Login: "bob@example.com"}, func(e LoginEvent) bool { return e.Login == "bob@example.com" })
+	want(LoginFilter{Result: ResultFail}, func(e LoginEvent) bool { return e.Result == ResultFail })
+	want(LoginFilter{Service: "sieve", Login: "alice@example.com"}, func(e LoginEvent) bool {
+		return e.Service == "sieve" && e.Login == "alice@example.com"
+	})
+	since := at.Add(30 * time.Minute)
+	want(LoginFilter{Since: since, Result: ResultOK, Limit: 3}, func(e LoginEvent) bool { return !e.At.Before(since) && e.Result == ResultOK })
+	want(LoginFilter{Login: "nobody@example.com"}, func(LoginEvent) bool { return false })
+}

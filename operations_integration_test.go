@@ -6,9 +6,11 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // TestGuideBackupRestore runs docs/operations.md's backup and restore
@@ -86,5 +88,46 @@ func TestGuideBackupRestore(t *testing.T) {
 		if got := e.saslCheck(t, c.user, c.pw, ""); got != c.want {
 			t.Errorf("after the restore, %s with %q: %s, want %s", c.user, c.pw, got, c.want)
 		}
+	}
+}
+
+// TestAuthLogRealLogins: what real testsaslauthd's attempts leave in the
+// audit, read back with auth log as docs/saslauthd.md shows it.
+func TestAuthLogRealLogins(t *testing.T) {
+	e := newGuideEnv(t, "example.com")
+	mustRun(t, e.cfg, "alice pw\n", "user", "add", "alice", "-password-stdin")
+	e.serve(t)
+	for _, c := range []struct{ user, pw, want string }{
+		{"alice", "wrong", "NO"},
+		{"alice", "alice pw", "OK"},
+		{"bob", "x", "NO"},
+	} {
+		if got := e.saslCheck(t, c.user, c.pw, ""); got != c.want {
+			t.Fatalf("%s: %s, want %s", c.user, got, c.want)
+		}
+	}
+	// The responder writes the audit in batches (at most 200 ms apart).
+	var out string
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		out = mustRun(t, e.cfg, "", "auth", "log")
+		if strings.Count(out, "\n") == 4 {
+			break
+		}
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 4 {
+		t.Fatalf("auth log after three attempts:\n%s", out)
+	}
+	for i, want := range [][]string{ // newest first
+		{"bob@example.com", "imap", "fail", "unknown user"},
+		{"alice@example.com", "imap", "ok", "ok"},
+		{"alice@example.com", "imap", "fail", "wrong password"},
+	} {
+		if f := strings.Fields(lines[i+1]); len(f) < 7 || !slices.Equal(f[2:4], want[:2]) || f[4] != want[2] || strings.Join(f[5:len(f)-1], " ") != want[3] {
+			t.Errorf("entry %d: %q, want %v", i, lines[i+1], want)
+		}
+	}
+	if out := mustRun(t, e.cfg, "", "auth", "log", "-failed", "alice"); !strings.Contains(out, "wrong password") || strings.Contains(out, " ok ") {
+		t.Errorf("auth log -failed alice:\n%s", out)
 	}
 }
