@@ -174,6 +174,22 @@ func TestWebhookOutboxOrder(t *testing.T) {
 	if got := payloads(due); !slices.Equal(got, []string{"2", "3", "4"}) {
 		t.Errorf("after delivery: due = %v, want 2 3 4", got)
 	}
+	// The next of a mailbox after a given one, whether or not that one's
+	// row is gone yet: 2 after 1 (deleted), nothing after 2.
+	if w, ok, err := st.NextWebhook(ctx, a.ID, "m1", first.Seq, now); err != nil || !ok || string(w.Payload) != "2" {
+		t.Errorf("NextWebhook after 1 = %q, %v, %v; want 2", w.Payload, ok, err)
+	}
+	second := due[slices.IndexFunc(due, func(w Webhook) bool { return string(w.Payload) == "2" })]
+	if w, ok, err := st.NextWebhook(ctx, a.ID, "m1", second.Seq, now); err != nil || ok {
+		t.Errorf("NextWebhook after 2 = %q, %v, %v; want none", w.Payload, ok, err)
+	}
+	if w, ok, err := st.NextWebhook(ctx, a.ID, "m1", 0, now); err != nil || !ok || w.Seq != second.Seq {
+		t.Errorf("NextWebhook after 0 = %q, %v, %v; want 2", w.Payload, ok, err)
+	}
+	// Several acknowledgements in one call, one of them already gone.
+	if err := st.MarkDelivered(ctx); err != nil {
+		t.Errorf("MarkDelivered of none: %v", err)
+	}
 	// Giving up on a mailbox: its backlog becomes one webhook.
 	id, dropped, err := st.ReplaceWebhookBacklog(ctx, a.ID, "m1", []byte(`resync`))
 	if err != nil || dropped != 1 || id == "" {
@@ -197,6 +213,13 @@ func TestWebhookOutboxOrder(t *testing.T) {
 	due, _ = st.DueWebhooks(ctx, now.Add(time.Second), 100)
 	if got := payloads(due); !slices.Equal(got, []string{"4"}) {
 		t.Errorf("after deleting a: due = %v", got)
+	}
+	// Several at once, with rows already gone among them.
+	if err := st.MarkDelivered(ctx, first.Seq, due[0].Seq, 1<<40); err != nil {
+		t.Fatal(err)
+	}
+	if due, _ := st.DueWebhooks(ctx, now.Add(time.Second), 100); len(due) != 0 {
+		t.Errorf("after delivering 4 with two gone rows: due = %v", payloads(due))
 	}
 }
 

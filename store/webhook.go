@@ -139,16 +139,17 @@ func (s *Store) DueWebhooks(ctx context.Context, now time.Time, limit int) ([]We
 }
 
 // NextWebhook returns the oldest webhook queued for (consumerID, mailbox)
-// when it is due by now: the one to send after that mailbox's previous
-// webhook was delivered. ok is false when there is none or it is not due.
-func (s *Store) NextWebhook(ctx context.Context, consumerID int64, mailbox string, now time.Time) (w Webhook, ok bool, err error) {
+// after sequence number after, when it is due by now: the one to send after
+// that mailbox's webhook after was delivered (whose row may not be deleted
+// yet). ok is false when there is none or it is not due.
+func (s *Store) NextWebhook(ctx context.Context, consumerID int64, mailbox string, after int64, now time.Time) (w Webhook, ok bool, err error) {
 	var secret, payload string
 	var next, created int64
 	err = s.r.QueryRowContext(ctx, `SELECT w.seq, w.id, w.consumer_id, c.name, c.url, c.secret, w.mailbox, w.payload,
 		w.attempts, w.next_attempt_ms, w.created_ms, w.last_error
 		FROM webhook_outbox w JOIN consumers c ON c.id = w.consumer_id
-		WHERE w.consumer_id = ? AND w.mailbox = ? AND c.enabled = 1
-		ORDER BY w.seq LIMIT 1`, consumerID, mailbox).Scan(&w.Seq, &w.ID, &w.ConsumerID, &w.Consumer, &w.URL, &secret,
+		WHERE w.consumer_id = ? AND w.mailbox = ? AND w.seq > ? AND c.enabled = 1
+		ORDER BY w.seq LIMIT 1`, consumerID, mailbox, after).Scan(&w.Seq, &w.ID, &w.ConsumerID, &w.Consumer, &w.URL, &secret,
 		&w.Mailbox, &payload, &w.Attempts, &next, &created, &w.LastError)
 	if errors.Is(err, sql.ErrNoRows) {
 		return Webhook{}, false, nil
@@ -164,12 +165,26 @@ func (s *Store) NextWebhook(ctx context.Context, consumerID int64, mailbox strin
 	return w, true, nil
 }
 
-// MarkDelivered removes a webhook its consumer acknowledged. A row already
-// gone (its consumer deleted meanwhile) is not an error.
-func (s *Store) MarkDelivered(ctx context.Context, seq int64) error {
+// MarkDelivered removes webhooks their consumers acknowledged, in one
+// transaction: the dispatcher hands over every acknowledgement that came in
+// while it was busy, so a burst costs one commit, not one per webhook. A row
+// already gone (its consumer deleted meanwhile) is not an error.
+func (s *Store) MarkDelivered(ctx context.Context, seqs ...int64) error {
+	if len(seqs) == 0 {
+		return nil
+	}
 	err := s.write(ctx, func(tx *sql.Tx) error {
-		_, err := tx.ExecContext(ctx, "DELETE FROM webhook_outbox WHERE seq = ?", seq)
-		return err
+		st, err := tx.PrepareContext(ctx, "DELETE FROM webhook_outbox WHERE seq = ?")
+		if err != nil {
+			return err
+		}
+		defer st.Close()
+		for _, seq := range seqs {
+			if _, err := st.ExecContext(ctx, seq); err != nil {
+				return err
+			}
+		}
+		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("mark webhook delivered: %w", err)

@@ -144,8 +144,8 @@ type Store interface {
 	AccountEventsAfter(ctx context.Context, account string, after int64, limit int) (store.AccountEventPage, error)
 	PruneEvents(ctx context.Context, before time.Time) (int64, error)
 	DueWebhooks(ctx context.Context, now time.Time, limit int) ([]store.Webhook, error)
-	NextWebhook(ctx context.Context, consumerID int64, mailbox string, now time.Time) (store.Webhook, bool, error)
-	MarkDelivered(ctx context.Context, seq int64) error
+	NextWebhook(ctx context.Context, consumerID int64, mailbox string, after int64, now time.Time) (store.Webhook, bool, error)
+	MarkDelivered(ctx context.Context, seqs ...int64) error
 	MarkFailed(ctx context.Context, seq int64, next time.Time, reason string) error
 	ReplaceWebhookBacklog(ctx context.Context, consumerID int64, mailbox string, payload []byte) (string, int64, error)
 	User(ctx context.Context, a store.Address) (store.User, error)

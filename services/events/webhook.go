@@ -127,11 +127,17 @@ type whKey struct {
 // left to start; after a delivery the same mailbox's next webhook is looked
 // up by its key (NextWebhook, one index probe). Reading the due list after
 // every attempt made draining n webhooks cost O(n²).
+//
+// Acknowledged webhooks are deleted by this loop, not by the attempts: every
+// acknowledgement that arrived while it was busy goes in one transaction
+// (group commit), before the outbox is read again. Until then their seqs
+// are held in acked, and a due list never hands out one of them twice.
 func (d *Dispatcher) runWebhooks(ctx context.Context) {
 	inflight := map[whKey]bool{}
 	perConsumer := map[int64]int{}
 	var pending []store.Webhook // fetched, due, not yet started
 	queued := map[whKey]bool{}  // keys in pending
+	acked := map[int64]bool{}   // delivered, row not yet deleted
 	// Each attempt reports its end here exactly once; the buffer holds
 	// every attempt that can be in flight, so reporting never blocks.
 	finished := make(chan whDone, 1024)
@@ -139,29 +145,53 @@ func (d *Dispatcher) runWebhooks(ctx context.Context) {
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	refill := true
+	done := func(f whDone) {
+		delete(inflight, f.key)
+		if perConsumer[f.key.consumer]--; perConsumer[f.key.consumer] <= 0 {
+			delete(perConsumer, f.key.consumer)
+		}
+		n--
+		if !f.delivered {
+			return
+		}
+		acked[f.seq] = true
+		if queued[f.key] {
+			return
+		}
+		w, ok, err := d.st.NextWebhook(ctx, f.key.consumer, f.key.mailbox, f.seq, d.now())
+		if err != nil && ctx.Err() == nil {
+			d.log.Warn("webhook outbox read failed", "err", err)
+		}
+		if ok {
+			pending = append(pending, w)
+			queued[f.key] = true
+		}
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			for ; n > 0; n-- {
-				<-finished
+				if f := <-finished; f.delivered {
+					acked[f.seq] = true
+				}
 			}
+			// A delivery that ended is recorded even now, so that it is
+			// not sent again after the restart.
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordTimeout)
+			d.markDelivered(rctx, acked)
+			cancel()
 			return
 		case f := <-finished:
-			delete(inflight, f.key)
-			if perConsumer[f.key.consumer]--; perConsumer[f.key.consumer] <= 0 {
-				delete(perConsumer, f.key.consumer)
-			}
-			n--
-			if f.delivered && !queued[f.key] {
-				w, ok, err := d.st.NextWebhook(ctx, f.key.consumer, f.key.mailbox, d.now())
-				if err != nil && ctx.Err() == nil {
-					d.log.Warn("webhook outbox read failed", "err", err)
-				}
-				if ok {
-					pending = append(pending, w)
-					queued[f.key] = true
+			done(f)
+			for more := true; more; { // and every other that has ended meanwhile
+				select {
+				case f := <-finished:
+					done(f)
+				default:
+					more = false
 				}
 			}
+			d.markDelivered(ctx, acked)
 		case <-d.wake:
 			refill = true
 		case <-timer.C:
@@ -172,6 +202,9 @@ func (d *Dispatcher) runWebhooks(ctx context.Context) {
 		limit := min(cfg.WebhookConcurrency, cap(finished))
 		if refill && len(pending) == 0 && n < limit {
 			refill = false
+			// Rows still in acked (their delete failed) are the heads of
+			// their mailboxes in the outbox: not due again.
+			d.markDelivered(ctx, acked)
 			due, err := d.st.DueWebhooks(ctx, d.now(), webhookBatch)
 			if err != nil && ctx.Err() == nil {
 				d.log.Warn("webhook outbox read failed", "err", err)
@@ -179,7 +212,7 @@ func (d *Dispatcher) runWebhooks(ctx context.Context) {
 			}
 			for _, w := range due {
 				k := whKey{w.ConsumerID, w.Mailbox}
-				if !inflight[k] && !queued[k] {
+				if !inflight[k] && !queued[k] && !acked[w.Seq] {
 					pending = append(pending, w)
 					queued[k] = true
 				}
@@ -201,7 +234,7 @@ func (d *Dispatcher) runWebhooks(ctx context.Context) {
 			perConsumer[k.consumer]++
 			n++
 			go func() {
-				finished <- whDone{k, d.attempt(ctx, cfg, w)}
+				finished <- whDone{k, w.Seq, d.attempt(ctx, cfg, w)}
 			}()
 		}
 		clear(pending[len(kept):])
@@ -212,11 +245,33 @@ func (d *Dispatcher) runWebhooks(ctx context.Context) {
 // whDone is an attempt's end: delivered means the consumer said 2xx.
 type whDone struct {
 	key       whKey
+	seq       int64
 	delivered bool
 }
 
-// attempt makes one delivery attempt and records its outcome; it reports
-// whether the consumer acknowledged it.
+// markDelivered deletes the acknowledged webhooks in one transaction and
+// forgets them. When that fails they stay in acked for the next call (and
+// out of the due lists meanwhile); a restart before that sends them again,
+// with the same webhook-id.
+func (d *Dispatcher) markDelivered(ctx context.Context, acked map[int64]bool) {
+	if len(acked) == 0 {
+		return
+	}
+	seqs := make([]int64, 0, len(acked))
+	for seq := range acked {
+		seqs = append(seqs, seq)
+	}
+	if err := d.st.MarkDelivered(ctx, seqs...); err != nil {
+		if ctx.Err() == nil || errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			d.log.Error("webhooks delivered but not recorded: a restart before the next try sends them again", "count", len(seqs), "err", err)
+		}
+		return
+	}
+	clear(acked)
+}
+
+// attempt makes one delivery attempt and records a failure; it reports
+// whether the consumer acknowledged it (runWebhooks records that).
 func (d *Dispatcher) attempt(ctx context.Context, cfg *DeliveryConfig, w store.Webhook) bool {
 	now := d.now()
 	status, retryAfter, err := d.post(ctx, cfg, w, now)
@@ -228,10 +283,6 @@ func (d *Dispatcher) attempt(ctx context.Context, cfg *DeliveryConfig, w store.W
 	log := d.log.With("consumer", w.Consumer, "webhook_id", w.ID, "attempts", w.Attempts+1)
 	if err == nil && status >= 200 && status <= 299 {
 		d.m.attempts.WithLabelValues("ok").Inc()
-		if err := d.st.MarkDelivered(rctx, w.Seq); err != nil {
-			log.Error("webhook delivered but not recorded: it will be sent again", "err", err)
-			return false
-		}
 		return true
 	}
 	d.m.attempts.WithLabelValues("failed").Inc()

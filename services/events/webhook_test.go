@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -451,5 +452,82 @@ func TestDeliveryConfigValidate(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("Validate = %v, want %q", err, want)
 		}
+	}
+}
+
+// flakyAcks is a store whose first failures MarkDelivered calls fail.
+type flakyAcks struct {
+	*store.Store
+	mu       sync.Mutex
+	failures int
+	calls    []int // seqs per call that reached the store
+}
+
+func (f *flakyAcks) MarkDelivered(ctx context.Context, seqs ...int64) error {
+	f.mu.Lock()
+	fail := f.failures > 0
+	if fail {
+		f.failures--
+	} else {
+		f.calls = append(f.calls, len(seqs))
+	}
+	f.mu.Unlock()
+	if fail {
+		return errors.New("disk I/O error (test)")
+	}
+	return f.Store.MarkDelivered(ctx, seqs...)
+}
+
+// TestWebhookAcksBatched: acknowledgements are deleted together, several
+// per transaction when deliveries end together; while deleting them fails,
+// no webhook is sent twice and each mailbox stays in order, and once the
+// store recovers the outbox empties.
+func TestWebhookAcksBatched(t *testing.T) {
+	e := newDeliveryEnv(t, func(c *DeliveryConfig) { c.WebhookConcurrency, c.WebhookPerConsumer = 16, 16 })
+	fl := &flakyAcks{Store: e.st, failures: 3}
+	e.d = NewDispatcher(*e.d.config(), fl, e.d.log)
+	ep := &hookEndpoint{}
+	srv := httptest.NewServer(ep)
+	defer srv.Close()
+	e.consumer(t, "groupware", srv.URL, "", "example.com")
+	var evs []Event
+	for i := range 60 {
+		x := testEvent(TypeMessageAdded, "alice@example.com", fmt.Sprint("box", i%6), "alice@example.com")
+		x.UIDs = fmt.Sprint(i / 6)
+		evs = append(evs, x)
+	}
+	if err := e.d.Publish(t.Context(), evs); err != nil {
+		t.Fatal(err)
+	}
+	e.run(t)
+	waitDelivery(t, "every webhook delivered and recorded", func() bool { return e.pending(t) == 0 })
+	got := ep.requests()
+	ids := map[string]bool{}
+	order := map[string][]string{}
+	for _, r := range got {
+		if id := r.header.Get(HeaderID); ids[id] {
+			t.Errorf("webhook %s sent twice", id)
+		} else {
+			ids[id] = true
+		}
+		order[r.ev.Mailbox] = append(order[r.ev.Mailbox], r.ev.UIDs)
+	}
+	if len(got) != 60 {
+		t.Errorf("%d requests, want 60", len(got))
+	}
+	for box, uids := range order {
+		if want := []string{"0", "1", "2", "3", "4", "5", "6", "7", "8", "9"}; !slices.Equal(uids, want) {
+			t.Errorf("%s: order %v, want %v", box, uids, want)
+		}
+	}
+	fl.mu.Lock()
+	defer fl.mu.Unlock()
+	total, most := 0, 0
+	for _, n := range fl.calls {
+		total += n
+		most = max(most, n)
+	}
+	if total != 60 || most < 2 {
+		t.Errorf("deletes per call %v: want 60 in all and several in one (the failed calls' held back, at least)", fl.calls)
 	}
 }
