@@ -393,4 +393,29 @@ func TestCLIAuthLog(t *testing.T) {
 			t.Errorf("auth log %v: no error", bad)
 		}
 	}
+
+	// user show carries the newest success and failure.
+	mustRun(t, cfg, "", "domain", "add", "example.com", "-org", "Acme")
+	mustRun(t, cfg, "", "user", "add", "alice", "-no-password")
+	mustRun(t, cfg, "", "user", "add", "carol", "-no-password")
+	out = mustRun(t, cfg, "", "user", "show", "alice")
+	okAt, failAt := now.Add(-3*time.Hour).Format("2006-01-02 15:04:05Z"), now.Add(-time.Minute).Format("2006-01-02 15:04:05Z")
+	for _, w := range []string{"last login    " + okAt + " imap from 192.0.2.1;1000", "last failure  " + failAt + " sieve: wrong password from 192.0.2.2;2000"} {
+		if !strings.Contains(out, w) {
+			t.Errorf("user show alice lacks %q:\n%s", w, out)
+		}
+	}
+	if out := mustRun(t, cfg, "", "user", "show", "carol"); !strings.Contains(out, "last login    -") || !strings.Contains(out, "last failure  -") {
+		t.Errorf("user show carol (never logged in):\n%s", out)
+	}
+	var shown struct {
+		Address     string
+		LastLogin   *store.LoginEvent `json:"last_login"`
+		LastFailure *store.LoginEvent `json:"last_failure"`
+	}
+	if err := json.Unmarshal([]byte(mustRun(t, cfg, "", "user", "show", "alice", "-json")), &shown); err != nil ||
+		shown.Address != "alice@example.com" || shown.LastLogin == nil || shown.LastLogin.Client != "192.0.2.1;1000" ||
+		shown.LastFailure == nil || shown.LastFailure.Reason != "wrong password" {
+		t.Errorf("user show -json: %+v, %v", shown, err)
+	}
 }

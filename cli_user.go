@@ -169,14 +169,30 @@ func cmdUser(args []string, std stdio, getenv func(string) string) error {
 			if err != nil {
 				return err
 			}
+			// The newest success and failure from the login audit.
+			var last [2]*store.LoginEvent
+			for i, result := range []string{store.ResultOK, store.ResultFail} {
+				es, err := c.st.LoginsWhere(ctx, store.LoginFilter{Login: u.Address, Result: result, Limit: 1})
+				if err != nil {
+					return err
+				}
+				if len(es) == 1 {
+					last[i] = &es[0]
+				}
+			}
 			if *c.jsonOut {
-				return c.printJSON(u)
+				return c.printJSON(struct {
+					store.User
+					LastLogin   *store.LoginEvent `json:"last_login,omitempty"`
+					LastFailure *store.LoginEvent `json:"last_failure,omitempty"`
+				}{u, last[0], last[1]})
 			}
 			return c.printTable([]string{"FIELD", "VALUE"}, [][]string{
 				{"address", u.Address}, {"organisation", u.Org}, {"display name", dash(u.DisplayName)},
 				{"status", status(u)}, {"password", map[bool]string{true: "set", false: "none"}[u.HasPassword]},
 				{"services", strings.Join(u.Services, ",")},
 				{"created", u.Created.Format("2006-01-02 15:04:05Z")}, {"updated", u.Updated.Format("2006-01-02 15:04:05Z")},
+				{"last login", auditLine(last[0])}, {"last failure", auditLine(last[1])},
 			})
 		}
 		return nil
@@ -235,4 +251,20 @@ func status(u store.User) string {
 		return "disabled"
 	}
 	return "enabled"
+}
+
+// auditLine is one audit entry for user show: when, which service, from
+// where, and for a failure why; "-" when there is none.
+func auditLine(e *store.LoginEvent) string {
+	if e == nil {
+		return "-"
+	}
+	line := e.At.UTC().Format("2006-01-02 15:04:05Z") + " " + printable(e.Service)
+	if e.Result == store.ResultFail {
+		line += ": " + printable(e.Reason)
+	}
+	if e.Client != "" {
+		line += " from " + printable(e.Client)
+	}
+	return line
 }
