@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
+	"cyrus-sidecar/services/events"
 	"cyrus-sidecar/store"
 )
 
@@ -111,6 +113,25 @@ func cmdConsumer(args []string, std stdio, getenv func(string) string) error {
 		}
 		fmt.Fprintf(std.out, "consumer %q deleted with its undelivered webhooks\n", pos[0])
 		return nil
+	case "enable", "disable":
+		c := newCommand("consumer "+sub, "consumer "+sub+" NAME [-config FILE]", std, getenv)
+		pos, err := c.start(ctx, args, 1, 1, "one consumer name", false)
+		if err != nil {
+			return err
+		}
+		defer c.close()
+		if err := c.st.SetConsumerEnabled(ctx, pos[0], sub == "enable", "disabled by an admin", events.ResyncAllBody(time.Now())); err != nil {
+			if errors.Is(err, store.ErrNotFound) {
+				return fmt.Errorf("%w (see cyrus-sidecar consumer list)", err)
+			}
+			return err
+		}
+		if sub == "enable" {
+			fmt.Fprintf(std.out, "consumer %q enabled: serve sends its pending webhooks within a second (those older than max_age as a resync), and a resync of everything if it was disabled\n", pos[0])
+		} else {
+			fmt.Fprintf(std.out, "consumer %q disabled: its webhooks are kept until it is enabled again or deleted\n", pos[0])
+		}
+		return nil
 	case "list":
 		c := newCommand("consumer list", "consumer list [-json] [-config FILE]", std, getenv).withJSON()
 		if _, err := c.start(ctx, args, 0, 0, "no arguments", false); err != nil {
@@ -126,12 +147,16 @@ func cmdConsumer(args []string, std stdio, getenv func(string) string) error {
 		}
 		rows := make([][]string, len(cs))
 		for i, co := range cs {
+			state := "enabled"
+			if !co.Enabled {
+				state = "disabled: " + co.DisabledReason
+			}
 			rows[i] = []string{co.Name, co.URL, dash(co.Org), dash(strings.Join(co.Domains, ",")),
-				yesNo(co.Envelope), strconv.Itoa(co.Pending), co.Created.Format("2006-01-02")}
+				yesNo(co.Envelope), strconv.Itoa(co.Pending), co.Created.Format("2006-01-02"), state}
 		}
-		return c.printTable([]string{"NAME", "URL", "ORGANISATION", "DOMAINS", "ENVELOPE", "PENDING", "CREATED"}, rows)
+		return c.printTable([]string{"NAME", "URL", "ORGANISATION", "DOMAINS", "ENVELOPE", "PENDING", "CREATED", "STATE"}, rows)
 	}
-	return usagef("consumer: unknown subcommand %q (add, del, list)", sub)
+	return usagef("consumer: unknown subcommand %q (add, del, enable, disable, list)", sub)
 }
 
 // consumerScope says whose events a consumer gets.

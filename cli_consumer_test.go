@@ -80,6 +80,22 @@ func TestCLIConsumerRoundTrip(t *testing.T) {
 		t.Errorf("consumer list:\n%s", table)
 	}
 
+	// disable and enable, by name in any case; the state in the table.
+	if out := mustRun(t, cfg, "", "consumer", "disable", "CRM"); !strings.Contains(out, "disabled") {
+		t.Errorf("consumer disable: %q", out)
+	}
+	if table := mustRun(t, cfg, "", "consumer", "list"); !regexp.MustCompile(`(?m)^crm .* disabled: disabled by an admin$`).MatchString(table) ||
+		!regexp.MustCompile(`(?m)^groupware .* enabled$`).MatchString(table) {
+		t.Errorf("consumer list after disable:\n%s", table)
+	}
+	mustRun(t, cfg, "", "consumer", "enable", "crm")
+	if table := mustRun(t, cfg, "", "consumer", "list"); !regexp.MustCompile(`(?m)^crm .* enabled$`).MatchString(table) {
+		t.Errorf("consumer list after enable:\n%s", table)
+	}
+	if _, _, err := runCLI(t, cfg, "", "consumer", "disable", "nobody"); err == nil || !strings.Contains(err.Error(), "not found") {
+		t.Errorf("disable of an unknown consumer: %v", err)
+	}
+
 	if _, _, err := runCLI(t, cfg, "", "consumer", "add", "GROUPWARE", "-url", "https://x.example/", "-org", "Acme"); err == nil ||
 		!strings.Contains(err.Error(), "consumer del") {
 		t.Errorf("duplicate name: %v", err)

@@ -43,6 +43,9 @@ type Consumer struct {
 	// plus the organisation's domains at the time of the read.
 	Scope   []string `json:"scope"`
 	Enabled bool     `json:"enabled"`
+	// DisabledReason says why a disabled consumer is (a 410 Gone from its
+	// endpoint, or an admin); "" while enabled.
+	DisabledReason string `json:"disabled_reason,omitempty"`
 	// Envelope: the consumer opted in to the subjects and senders of new
 	// messages (docs/events.md, "Subjects and senders").
 	Envelope bool      `json:"envelope"`
@@ -175,6 +178,58 @@ func (s *Store) DelConsumer(ctx context.Context, name string) error {
 	return nil
 }
 
+// SetConsumerEnabled enables or disables a consumer (name ignoring ASCII
+// case), with why when disabling. A disabled consumer gets no new webhooks
+// and keeps its outbox. Enabling one that was disabled sends that backlog
+// (a webhook older than max_age becomes a resync, as after any outage) and,
+// in the same transaction, resync: what happened while it was disabled was
+// not queued for it, so it is told to sync everything.
+func (s *Store) SetConsumerEnabled(ctx context.Context, name string, enabled bool, reason string, resync []byte) error {
+	if enabled {
+		reason = ""
+	}
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		var id int64
+		var was bool
+		err := tx.QueryRowContext(ctx, "SELECT id, enabled FROM consumers WHERE name = ?", name).Scan(&id, &was)
+		if errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("consumer %q: %w", name, ErrNotFound)
+		}
+		if err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, "UPDATE consumers SET enabled = ?, disabled_reason = ? WHERE id = ?", enabled, cutUTF8(reason, maxWebhookError), id); err != nil {
+			return err
+		}
+		if enabled && !was && resync != nil {
+			_, err = enqueueWebhooks(ctx, tx, []NewWebhook{{ConsumerID: id, Payload: resync}}, time.Now())
+		}
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("set consumer: %w", err)
+	}
+	return nil
+}
+
+// DisableConsumer is the dispatcher's: it disables consumer id, unless it
+// is gone or disabled already, and reports whether it did.
+func (s *Store) DisableConsumer(ctx context.Context, id int64, reason string) (bool, error) {
+	var n int64
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, "UPDATE consumers SET enabled = 0, disabled_reason = ? WHERE id = ? AND enabled = 1", cutUTF8(reason, maxWebhookError), id)
+		if err != nil {
+			return err
+		}
+		n, err = res.RowsAffected()
+		return err
+	})
+	if err != nil {
+		return false, fmt.Errorf("disable consumer: %w", err)
+	}
+	return n == 1, nil
+}
+
 // Consumers lists the consumers by name, each with its scope resolved and
 // its outbox backlog counted.
 func (s *Store) Consumers(ctx context.Context) ([]Consumer, error) {
@@ -184,7 +239,7 @@ func (s *Store) Consumers(ctx context.Context) ([]Consumer, error) {
 		return nil, fmt.Errorf("list consumers: %w", err)
 	}
 	defer tx.Rollback()
-	rows, err := tx.QueryContext(ctx, `SELECT c.id, c.name, c.url, c.secret, coalesce(o.name, ''), c.enabled, c.envelope, c.created,
+	rows, err := tx.QueryContext(ctx, `SELECT c.id, c.name, c.url, c.secret, coalesce(o.name, ''), c.enabled, c.disabled_reason, c.envelope, c.created,
 		(SELECT count(*) FROM webhook_outbox w WHERE w.consumer_id = c.id)
 		FROM consumers c LEFT JOIN organisations o ON o.id = c.org_id ORDER BY c.name`)
 	if err != nil {
@@ -196,7 +251,7 @@ func (s *Store) Consumers(ctx context.Context) ([]Consumer, error) {
 		var c Consumer
 		var secret string
 		var created int64
-		if err := rows.Scan(&c.ID, &c.Name, &c.URL, &secret, &c.Org, &c.Enabled, &c.Envelope, &created, &c.Pending); err != nil {
+		if err := rows.Scan(&c.ID, &c.Name, &c.URL, &secret, &c.Org, &c.Enabled, &c.DisabledReason, &c.Envelope, &created, &c.Pending); err != nil {
 			rows.Close()
 			return nil, fmt.Errorf("list consumers: %w", err)
 		}

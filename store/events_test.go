@@ -304,3 +304,54 @@ func BenchmarkRecordEvents(b *testing.B) {
 		}
 	}
 }
+
+// TestConsumerEnabled: disabling keeps the outbox and says why; enabling a
+// disabled consumer queues the given resync, an enabled one nothing; the
+// dispatcher's DisableConsumer acts once.
+func TestConsumerEnabled(t *testing.T) {
+	ctx := t.Context()
+	st := eventsStore(t)
+	a := addConsumer(t, st, "a", "Acme")
+	if _, err := st.EnqueueWebhooks(ctx, []NewWebhook{{a.ID, "m1", []byte(`1`)}}); err != nil {
+		t.Fatal(err)
+	}
+	did, err := st.DisableConsumer(ctx, a.ID, "410 Gone from its URL")
+	if err != nil || !did {
+		t.Fatalf("DisableConsumer = %v, %v", did, err)
+	}
+	if did, err := st.DisableConsumer(ctx, a.ID, "again"); err != nil || did {
+		t.Errorf("second DisableConsumer = %v, %v; want false", did, err)
+	}
+	cs, _ := st.Consumers(ctx)
+	if cs[0].Enabled || cs[0].DisabledReason != "410 Gone from its URL" || cs[0].Pending != 1 {
+		t.Errorf("disabled: %+v", cs[0])
+	}
+	if due, _ := st.DueWebhooks(ctx, time.Now(), 10); len(due) != 0 {
+		t.Errorf("a disabled consumer's webhooks are due: %v", due)
+	}
+	if err := st.SetConsumerEnabled(ctx, "A", true, "", []byte(`resync`)); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.SetConsumerEnabled(ctx, "a", true, "", []byte(`resync`)); err != nil { // already enabled: no second resync
+		t.Fatal(err)
+	}
+	cs, _ = st.Consumers(ctx)
+	due, _ := st.DueWebhooks(ctx, time.Now().Add(time.Second), 10)
+	var got []string
+	for _, w := range due {
+		got = append(got, w.Mailbox+":"+string(w.Payload))
+	}
+	slices.Sort(got)
+	if !cs[0].Enabled || cs[0].DisabledReason != "" || !slices.Equal(got, []string{":resync", "m1:1"}) {
+		t.Errorf("enabled: %+v, due %v", cs[0], got)
+	}
+	if err := st.SetConsumerEnabled(ctx, "a", false, "disabled by an admin", nil); err != nil {
+		t.Fatal(err)
+	}
+	if cs, _ := st.Consumers(ctx); cs[0].Enabled || cs[0].DisabledReason != "disabled by an admin" {
+		t.Errorf("admin disable: %+v", cs[0])
+	}
+	if err := st.SetConsumerEnabled(ctx, "nobody", true, "", nil); !errors.Is(err, ErrNotFound) {
+		t.Errorf("unknown consumer: %v", err)
+	}
+}

@@ -392,7 +392,7 @@ func TestReopenKeepsData(t *testing.T) {
 	if orgs, err := st.Orgs(ctx); err != nil || len(orgs) != 1 {
 		t.Errorf("after reopen: %v, %v", orgs, err)
 	}
-	if v, _ := st.SchemaVersion(ctx); v != 3 {
+	if v, _ := st.SchemaVersion(ctx); v != 4 {
 		t.Errorf("schema version %d", v)
 	}
 }

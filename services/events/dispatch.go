@@ -148,6 +148,7 @@ type Store interface {
 	MarkDelivered(ctx context.Context, seqs ...int64) error
 	MarkFailed(ctx context.Context, seq int64, next time.Time, reason string) error
 	ReplaceWebhookBacklog(ctx context.Context, consumerID int64, mailbox string, payload []byte) (string, int64, error)
+	DisableConsumer(ctx context.Context, id int64, reason string) (bool, error)
 	User(ctx context.Context, a store.Address) (store.User, error)
 }
 
@@ -388,6 +389,7 @@ type metrics struct {
 	published prometheus.Counter
 	attempts  *prometheus.CounterVec
 	resyncs   prometheus.Counter
+	disabled  prometheus.Counter
 	streams   prometheus.Gauge
 	kicked    prometheus.Counter
 }
@@ -400,6 +402,8 @@ func newMetrics() metrics {
 			Help: "Webhook attempts by result: ok (2xx), failed (other status or network error)."}, []string{"result"}),
 		resyncs: prometheus.NewCounter(prometheus.CounterOpts{Namespace: listen.Namespace, Subsystem: "events", Name: "webhook_resyncs_total",
 			Help: "Backlogs of one consumer and mailbox replaced by a resync after max_age."}),
+		disabled: prometheus.NewCounter(prometheus.CounterOpts{Namespace: listen.Namespace, Subsystem: "events", Name: "consumers_disabled_total",
+			Help: "Consumers disabled because their endpoint answered 410 Gone."}),
 		streams: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: listen.Namespace, Subsystem: "events", Name: "streams_open",
 			Help: "Open Server-Sent Events streams."}),
 		kicked: prometheus.NewCounter(prometheus.CounterOpts{Namespace: listen.Namespace, Subsystem: "events", Name: "streams_dropped_total",
@@ -409,5 +413,5 @@ func newMetrics() metrics {
 
 // Collectors returns the delivery's metrics for the /metrics page.
 func (d *Dispatcher) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{d.m.published, d.m.attempts, d.m.resyncs, d.m.streams, d.m.kicked}
+	return []prometheus.Collector{d.m.published, d.m.attempts, d.m.resyncs, d.m.disabled, d.m.streams, d.m.kicked}
 }

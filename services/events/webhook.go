@@ -290,6 +290,18 @@ func (d *Dispatcher) attempt(ctx context.Context, cfg *DeliveryConfig, w store.W
 	if err != nil {
 		reason = err.Error()
 	}
+	if err == nil && status == http.StatusGone {
+		// RFC 9110 §15.5.11: the endpoint is gone, likely for good. Stop
+		// sending to it instead of retrying for max_age; its webhooks stay
+		// queued for when an admin enables it again (or deletes it).
+		why := fmt.Sprintf("410 Gone from its URL at %s", now.UTC().Format(time.RFC3339))
+		if did, err := d.st.DisableConsumer(rctx, w.ConsumerID, why); err != nil {
+			log.Error("consumer answered 410 Gone but could not be disabled", "err", err)
+		} else if did {
+			d.m.disabled.Inc()
+			log.Warn("consumer answered 410 Gone: disabled, its webhooks kept; enable it again with cyrus-sidecar consumer enable")
+		}
+	}
 	if now.Sub(w.Created) >= cfg.MaxAge {
 		id, dropped, err := d.st.ReplaceWebhookBacklog(rctx, w.ConsumerID, w.Mailbox, resyncBody(w.Payload, now))
 		if err != nil {
@@ -369,6 +381,15 @@ func retryAfter(v string, now time.Time) time.Duration {
 		return t.Sub(now)
 	}
 	return 0
+}
+
+// ResyncAllBody is the webhook a consumer gets when it is enabled again:
+// a resync naming no account or mailbox, which says "sync everything in
+// your scope" (what happened while it was disabled was not queued for it).
+func ResyncAllBody(now time.Time) []byte {
+	data, _ := json.Marshal(Event{Type: TypeResync, Time: now.UTC(), CyrusEvent: "resync"}) // an Event always marshals
+	body, _ := webhookBody(TypeResync, now, data)
+	return body
 }
 
 // resyncBody is the webhook that replaces an undeliverable backlog: a

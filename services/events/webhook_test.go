@@ -531,3 +531,79 @@ func TestWebhookAcksBatched(t *testing.T) {
 		t.Errorf("deletes per call %v: want 60 in all and several in one (the failed calls' held back, at least)", fl.calls)
 	}
 }
+
+// TestWebhookGone: a 410 Gone disables the consumer at once (no retries),
+// its other webhooks stay queued, another consumer goes on, and enabling it
+// sends the backlog in order.
+func TestWebhookGone(t *testing.T) {
+	e := newDeliveryEnv(t, nil)
+	gone := true
+	var mu sync.Mutex
+	ep := &hookEndpoint{answer: func(hookRequest, int) int {
+		mu.Lock()
+		defer mu.Unlock()
+		if gone {
+			return http.StatusGone
+		}
+		return http.StatusOK
+	}}
+	srv := httptest.NewServer(ep)
+	defer srv.Close()
+	other := &hookEndpoint{}
+	srv2 := httptest.NewServer(other)
+	defer srv2.Close()
+	e.consumer(t, "groupware", srv.URL, "Acme")
+	e.consumer(t, "crm", srv2.URL, "Acme")
+	e.run(t)
+	mk := func(uids string) Event {
+		x := testEvent(TypeMessageAdded, "alice@example.com", "INBOX", "alice@example.com")
+		x.UIDs = uids
+		return x
+	}
+	if err := e.d.Publish(t.Context(), []Event{mk("1"), mk("2"), mk("3")}); err != nil {
+		t.Fatal(err)
+	}
+	// Consumers are listed by name: crm, groupware.
+	waitDelivery(t, "groupware disabled and crm served", func() bool {
+		cs, _ := e.st.Consumers(t.Context())
+		return len(cs) == 2 && !cs[1].Enabled && len(other.requests()) == 3
+	})
+	cs, _ := e.st.Consumers(t.Context())
+	if cs[1].Name != "groupware" || !strings.HasPrefix(cs[1].DisabledReason, "410 Gone from its URL at ") || cs[1].Pending != 3 || !cs[0].Enabled {
+		t.Errorf("after a 410: %+v", cs)
+	}
+	time.Sleep(100 * time.Millisecond) // several retry_max: a retry would show now
+	if n := len(ep.requests()); n != 1 {
+		t.Errorf("%d requests to the gone endpoint, want 1", n)
+	}
+	if err := e.d.Publish(t.Context(), []Event{mk("4")}); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	gone = false
+	mu.Unlock()
+	if err := e.st.SetConsumerEnabled(t.Context(), "groupware", true, "", ResyncAllBody(time.Now())); err != nil {
+		t.Fatal(err)
+	}
+	waitDelivery(t, "the backlog after enabling", func() bool { return e.pending(t) == 0 })
+	// INBOX's backlog in order; event 4 came while it was disabled and was
+	// not queued for it: the resync of everything stands for it.
+	var uids []string
+	resyncs := 0
+	for _, r := range ep.requests() {
+		if r.ev.Type == TypeResync {
+			resyncs++
+			if r.ev.Account != "" || r.ev.Mailbox != "" {
+				t.Errorf("resync after enable names %q %q, want neither", r.ev.Account, r.ev.Mailbox)
+			}
+			continue
+		}
+		uids = append(uids, r.ev.UIDs)
+	}
+	if want := []string{"1", "1", "2", "3"}; !slices.Equal(uids, want) || resyncs != 1 {
+		t.Errorf("groupware got %v and %d resyncs, want %v and 1", uids, resyncs, want)
+	}
+	if cs, _ := e.st.Consumers(t.Context()); !cs[1].Enabled || cs[1].DisabledReason != "" {
+		t.Errorf("after enable: %+v", cs[1])
+	}
+}
