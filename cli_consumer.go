@@ -113,6 +113,49 @@ func cmdConsumer(args []string, std stdio, getenv func(string) string) error {
 		}
 		fmt.Fprintf(std.out, "consumer %q deleted with its undelivered webhooks\n", pos[0])
 		return nil
+	case "rotate":
+		c := newCommand("consumer rotate", "consumer rotate NAME [-grace 24h] [-json] [-config FILE]", std, getenv)
+		grace := c.fs.Duration("grace", 24*time.Hour, "how long the current secret keeps signing next to the new one (0: stop at once)")
+		jsonOut := c.fs.Bool("json", false, "print JSON (with the secret) instead of text, for scripts")
+		pos, err := c.start(ctx, args, 1, 1, "one consumer name", false)
+		if err != nil {
+			return err
+		}
+		defer c.close()
+		if *grace < 0 || *grace > 30*24*time.Hour {
+			return usagef("consumer rotate: -grace must be between 0 and 720h, got %v", *grace)
+		}
+		secret, err := store.GenerateWebhookSecret()
+		if err != nil {
+			return err
+		}
+		if err := c.st.RotateConsumerSecret(ctx, pos[0], secret, *grace); err != nil {
+			if errors.Is(err, store.ErrNotFound) {
+				return fmt.Errorf("%w (see cyrus-sidecar consumer list)", err)
+			}
+			return err
+		}
+		until := time.Now().Add(*grace).UTC()
+		if *jsonOut {
+			out := struct {
+				Name           string    `json:"name"`
+				Secret         string    `json:"secret"`
+				OldSecretUntil time.Time `json:"old_secret_until,omitzero"`
+			}{Name: pos[0], Secret: secret.Reveal()}
+			if *grace > 0 {
+				out.OldSecretUntil = until
+			}
+			return c.printJSON(out)
+		}
+		fmt.Fprintf(std.out, "consumer %q: its new signing secret:\n\n    %s\n\n", pos[0], secret.Reveal())
+		if *grace > 0 {
+			fmt.Fprintf(std.out, "Until %s its webhooks carry two signatures, by the new and the old secret:\nswitch the receiver to the new one before then.\n",
+				until.Format("2006-01-02 15:04Z"))
+		} else {
+			fmt.Fprintln(std.out, "The old secret no longer signs: configure the new one in the receiver now.")
+		}
+		fmt.Fprintln(std.out, "It cannot be shown again.")
+		return nil
 	case "enable", "disable":
 		c := newCommand("consumer "+sub, "consumer "+sub+" NAME [-config FILE]", std, getenv)
 		pos, err := c.start(ctx, args, 1, 1, "one consumer name", false)
@@ -151,12 +194,15 @@ func cmdConsumer(args []string, std stdio, getenv func(string) string) error {
 			if !co.Enabled {
 				state = "disabled: " + co.DisabledReason
 			}
+			if !co.OldSecretUntil.IsZero() {
+				state += "; old secret signs until " + co.OldSecretUntil.Format("2006-01-02 15:04Z")
+			}
 			rows[i] = []string{co.Name, co.URL, dash(co.Org), dash(strings.Join(co.Domains, ",")),
 				yesNo(co.Envelope), strconv.Itoa(co.Pending), co.Created.Format("2006-01-02"), state}
 		}
 		return c.printTable([]string{"NAME", "URL", "ORGANISATION", "DOMAINS", "ENVELOPE", "PENDING", "CREATED", "STATE"}, rows)
 	}
-	return usagef("consumer: unknown subcommand %q (add, del, enable, disable, list)", sub)
+	return usagef("consumer: unknown subcommand %q (add, del, rotate, enable, disable, list)", sub)
 }
 
 // consumerScope says whose events a consumer gets.

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"cyrus-sidecar/services/events"
 )
@@ -78,6 +79,30 @@ func TestCLIConsumerRoundTrip(t *testing.T) {
 		!strings.Contains(table, "ENVELOPE") || !regexp.MustCompile(`(?m)^crm .* yes `).MatchString(table) ||
 		!regexp.MustCompile(`(?m)^groupware .* no `).MatchString(table) {
 		t.Errorf("consumer list:\n%s", table)
+	}
+
+	// rotate: a new secret, the old one signing for the grace time.
+	var rot struct {
+		Name, Secret   string
+		OldSecretUntil time.Time `json:"old_secret_until"`
+	}
+	if err := json.Unmarshal([]byte(mustRun(t, cfg, "", "consumer", "rotate", "crm", "-grace", "2h", "-json")), &rot); err != nil ||
+		!strings.HasPrefix(rot.Secret, "whsec_") || rot.Secret == added.Secret || time.Until(rot.OldSecretUntil) < 119*time.Minute {
+		t.Errorf("consumer rotate -json: %+v, %v", rot, err)
+	}
+	if table := mustRun(t, cfg, "", "consumer", "list"); !regexp.MustCompile(`(?m)^crm .* enabled; old secret signs until \d{4}-\d\d-\d\d \d\d:\d\dZ$`).MatchString(table) {
+		t.Errorf("consumer list during a rotation:\n%s", table)
+	}
+	if out := mustRun(t, cfg, "", "consumer", "rotate", "crm", "-grace", "0"); !strings.Contains(out, "no longer signs") || !strings.Contains(out, "whsec_") {
+		t.Errorf("consumer rotate -grace 0: %q", out)
+	}
+	if table := mustRun(t, cfg, "", "consumer", "list"); strings.Contains(table, "old secret") {
+		t.Errorf("consumer list after a rotation without grace:\n%s", table)
+	}
+	for _, bad := range [][]string{{"crm", "-grace", "-1h"}, {"crm", "-grace", "721h"}, {"nobody"}} {
+		if _, _, err := runCLI(t, cfg, "", append([]string{"consumer", "rotate"}, bad...)...); err == nil {
+			t.Errorf("consumer rotate %v: no error", bad)
+		}
 	}
 
 	// disable and enable, by name in any case; the state in the table.

@@ -48,7 +48,7 @@ const usage = `usage: cyrus-sidecar COMMAND [ARGS] [-config FILE]
   auth     test ADDRESS      would this password log in? and if not, exactly why
   auth     log [ADDRESS]     the login audit: who logged in to what, from where, and why an attempt failed
   token    issue ADDRESS     a single sign-on token for groupware (docs/sso-tokens.md)
-  consumer add|del|enable|disable|list   event webhooks: who receives signed mailbox events (docs/events.md)
+  consumer add|del|rotate|enable|disable|list   event webhooks: who receives signed mailbox events (docs/events.md)
   doctor                     check config, store, sockets and permissions, probe Cyrus; a fix for each failure
   backup   FILE              a consistent, checked copy of the store, while serve runs (docs/operations.md)
   version                    print the version

@@ -46,6 +46,9 @@ type Consumer struct {
 	// DisabledReason says why a disabled consumer is (a 410 Gone from its
 	// endpoint, or an admin); "" while enabled.
 	DisabledReason string `json:"disabled_reason,omitempty"`
+	// OldSecretUntil is when the secret before the last rotation stops
+	// signing; zero when it does not (any more).
+	OldSecretUntil time.Time `json:"old_secret_until,omitzero"`
 	// Envelope: the consumer opted in to the subjects and senders of new
 	// messages (docs/events.md, "Subjects and senders").
 	Envelope bool      `json:"envelope"`
@@ -212,6 +215,36 @@ func (s *Store) SetConsumerEnabled(ctx context.Context, name string, enabled boo
 	return nil
 }
 
+// RotateConsumerSecret gives a consumer (name ignoring ASCII case) a new
+// signing secret. Until now+grace its webhooks are signed with both the new
+// and the current one, so the receiver can switch keys at any moment in that
+// time; a rotation within the grace of the last one drops the oldest key.
+// grace 0 retires the current secret at once.
+func (s *Store) RotateConsumerSecret(ctx context.Context, name string, secret Secret, grace time.Duration) error {
+	if rest, ok := strings.CutPrefix(secret.Reveal(), WebhookSecretPrefix); !ok || len(rest) < 32 {
+		return malformed("rotate consumer secret: not a whsec_ secret (make one with GenerateWebhookSecret)")
+	}
+	if grace < 0 {
+		return malformed("rotate consumer secret: negative grace")
+	}
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		old, until := "secret", time.Now().Add(grace).Unix()
+		if grace == 0 {
+			old, until = "''", 0
+		}
+		res, err := tx.ExecContext(ctx, "UPDATE consumers SET old_secret = "+old+", old_secret_until = ?, secret = ? WHERE name = ?",
+			until, secret.Reveal(), name)
+		if err != nil {
+			return err
+		}
+		return mustAffect(res, fmt.Errorf("consumer %q: %w", name, ErrNotFound))
+	})
+	if err != nil {
+		return fmt.Errorf("rotate consumer secret: %w", err)
+	}
+	return nil
+}
+
 // DisableConsumer is the dispatcher's: it disables consumer id, unless it
 // is gone or disabled already, and reports whether it did.
 func (s *Store) DisableConsumer(ctx context.Context, id int64, reason string) (bool, error) {
@@ -239,7 +272,8 @@ func (s *Store) Consumers(ctx context.Context) ([]Consumer, error) {
 		return nil, fmt.Errorf("list consumers: %w", err)
 	}
 	defer tx.Rollback()
-	rows, err := tx.QueryContext(ctx, `SELECT c.id, c.name, c.url, c.secret, coalesce(o.name, ''), c.enabled, c.disabled_reason, c.envelope, c.created,
+	rows, err := tx.QueryContext(ctx, `SELECT c.id, c.name, c.url, c.secret, coalesce(o.name, ''), c.enabled, c.disabled_reason,
+		CASE WHEN c.old_secret != '' AND c.old_secret_until > unixepoch() THEN c.old_secret_until ELSE 0 END, c.envelope, c.created,
 		(SELECT count(*) FROM webhook_outbox w WHERE w.consumer_id = c.id)
 		FROM consumers c LEFT JOIN organisations o ON o.id = c.org_id ORDER BY c.name`)
 	if err != nil {
@@ -250,12 +284,15 @@ func (s *Store) Consumers(ctx context.Context) ([]Consumer, error) {
 	for rows.Next() {
 		var c Consumer
 		var secret string
-		var created int64
-		if err := rows.Scan(&c.ID, &c.Name, &c.URL, &secret, &c.Org, &c.Enabled, &c.DisabledReason, &c.Envelope, &created, &c.Pending); err != nil {
+		var created, oldUntil int64
+		if err := rows.Scan(&c.ID, &c.Name, &c.URL, &secret, &c.Org, &c.Enabled, &c.DisabledReason, &oldUntil, &c.Envelope, &created, &c.Pending); err != nil {
 			rows.Close()
 			return nil, fmt.Errorf("list consumers: %w", err)
 		}
 		c.Secret, c.Created = Secret(secret), fromUnix(created)
+		if oldUntil > 0 {
+			c.OldSecretUntil = fromUnix(oldUntil)
+		}
 		c.Domains, c.Scope = []string{}, []string{}
 		byID[c.ID] = len(out)
 		out = append(out, c)

@@ -355,3 +355,66 @@ func TestConsumerEnabled(t *testing.T) {
 		t.Errorf("unknown consumer: %v", err)
 	}
 }
+
+// TestRotateConsumerSecret: the previous secret rides along with the
+// outbox rows until its time is up; a rotation without grace drops it; a
+// second rotation keeps only the one before it.
+func TestRotateConsumerSecret(t *testing.T) {
+	ctx := t.Context()
+	st := eventsStore(t)
+	a := addConsumer(t, st, "a", "Acme")
+	if _, err := st.EnqueueWebhooks(ctx, []NewWebhook{{a.ID, "m1", []byte(`1`)}}); err != nil {
+		t.Fatal(err)
+	}
+	head := func() Webhook {
+		t.Helper()
+		due, err := st.DueWebhooks(ctx, time.Now().Add(time.Second), 10)
+		if err != nil || len(due) != 1 {
+			t.Fatalf("due: %v, %v", due, err)
+		}
+		if w, ok, err := st.NextWebhook(ctx, a.ID, "m1", 0, time.Now().Add(time.Second)); err != nil || !ok || w.OldSecret != due[0].OldSecret || w.Secret != due[0].Secret {
+			t.Errorf("NextWebhook reads the secrets otherwise than DueWebhooks: %v, %v", ok, err)
+		}
+		return due[0]
+	}
+	if w := head(); w.Secret != a.Secret || w.OldSecret != "" {
+		t.Fatalf("before: secret %v, old %q", w.Secret == a.Secret, w.OldSecret)
+	}
+	s1, _ := GenerateWebhookSecret()
+	if err := st.RotateConsumerSecret(ctx, "A", s1, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	w := head()
+	if w.Secret != s1 || w.OldSecret != a.Secret || time.Until(w.OldSecretUntil) < 59*time.Minute {
+		t.Errorf("after rotate: new %v, old %v, until %v", w.Secret == s1, w.OldSecret == a.Secret, w.OldSecretUntil)
+	}
+	if cs, _ := st.Consumers(ctx); time.Until(cs[0].OldSecretUntil) < 59*time.Minute {
+		t.Errorf("Consumers: old secret until %v", cs[0].OldSecretUntil)
+	}
+	s2, _ := GenerateWebhookSecret()
+	if err := st.RotateConsumerSecret(ctx, "a", s2, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if w := head(); w.Secret != s2 || w.OldSecret != s1 {
+		t.Errorf("second rotate: the previous secret is not the old one")
+	}
+	s3, _ := GenerateWebhookSecret()
+	if err := st.RotateConsumerSecret(ctx, "a", s3, 0); err != nil {
+		t.Fatal(err)
+	}
+	if w := head(); w.Secret != s3 || w.OldSecret != "" {
+		t.Errorf("rotate without grace keeps an old secret")
+	}
+	if cs, _ := st.Consumers(ctx); !cs[0].OldSecretUntil.IsZero() {
+		t.Errorf("Consumers after rotate without grace: %v", cs[0].OldSecretUntil)
+	}
+	for _, bad := range []struct {
+		sec   Secret
+		grace time.Duration
+		name  string
+	}{{"nope", time.Hour, "a"}, {s1, -time.Second, "a"}, {s1, time.Hour, "nobody"}} {
+		if err := st.RotateConsumerSecret(ctx, bad.name, bad.sec, bad.grace); err == nil {
+			t.Errorf("RotateConsumerSecret(%q, %v): no error", bad.name, bad.grace)
+		}
+	}
+}

@@ -39,8 +39,13 @@ type Webhook struct {
 	Consumer   string `json:"consumer"`
 	URL        string `json:"url"`
 	Secret     Secret `json:"-"`
-	Mailbox    string `json:"mailbox"`
-	Payload    []byte `json:"-"`
+	// OldSecret, until OldSecretUntil, is the consumer's previous secret
+	// after a rotation: it signs too, so the receiver may switch keys at
+	// any moment in between. "" when there is none.
+	OldSecret      Secret    `json:"-"`
+	OldSecretUntil time.Time `json:"-"`
+	Mailbox        string    `json:"mailbox"`
+	Payload        []byte    `json:"-"`
 	// Attempts counts the failed attempts so far.
 	Attempts    int       `json:"attempts"`
 	NextAttempt time.Time `json:"next_attempt"`
@@ -109,8 +114,7 @@ func enqueueWebhooks(ctx context.Context, tx *sql.Tx, ws []NewWebhook, now time.
 // that is still failing. Disabled consumers are skipped. Oldest due first.
 func (s *Store) DueWebhooks(ctx context.Context, now time.Time, limit int) ([]Webhook, error) {
 	// The correlated min(seq) is one probe of webhook_outbox_key per row.
-	rows, err := s.r.QueryContext(ctx, `SELECT w.seq, w.id, w.consumer_id, c.name, c.url, c.secret, w.mailbox, w.payload,
-		w.attempts, w.next_attempt_ms, w.created_ms, w.last_error
+	rows, err := s.r.QueryContext(ctx, `SELECT `+webhookColumns+`
 		FROM webhook_outbox w JOIN consumers c ON c.id = w.consumer_id
 		WHERE w.next_attempt_ms <= ? AND c.enabled = 1
 		AND w.seq = (SELECT min(h.seq) FROM webhook_outbox h WHERE h.consumer_id = w.consumer_id AND h.mailbox = w.mailbox)
@@ -121,15 +125,10 @@ func (s *Store) DueWebhooks(ctx context.Context, now time.Time, limit int) ([]We
 	defer rows.Close()
 	var out []Webhook
 	for rows.Next() {
-		var w Webhook
-		var secret, payload string
-		var next, created int64
-		if err := rows.Scan(&w.Seq, &w.ID, &w.ConsumerID, &w.Consumer, &w.URL, &secret, &w.Mailbox, &payload,
-			&w.Attempts, &next, &created, &w.LastError); err != nil {
+		w, err := scanWebhook(rows)
+		if err != nil {
 			return nil, fmt.Errorf("due webhooks: %w", err)
 		}
-		w.Secret, w.Payload = Secret(secret), []byte(payload)
-		w.NextAttempt, w.Created = time.UnixMilli(next).UTC(), time.UnixMilli(created).UTC()
 		out = append(out, w)
 	}
 	if err := rows.Err(); err != nil {
@@ -138,30 +137,45 @@ func (s *Store) DueWebhooks(ctx context.Context, now time.Time, limit int) ([]We
 	return out, nil
 }
 
+// webhookColumns and scanWebhook are what DueWebhooks and NextWebhook read
+// of an outbox row (w) and its consumer (c).
+const webhookColumns = `w.seq, w.id, w.consumer_id, c.name, c.url, c.secret, c.old_secret, c.old_secret_until,
+	w.mailbox, w.payload, w.attempts, w.next_attempt_ms, w.created_ms, w.last_error`
+
+func scanWebhook(row interface{ Scan(...any) error }) (Webhook, error) {
+	var w Webhook
+	var secret, oldSecret, payload string
+	var oldUntil, next, created int64
+	if err := row.Scan(&w.Seq, &w.ID, &w.ConsumerID, &w.Consumer, &w.URL, &secret, &oldSecret, &oldUntil,
+		&w.Mailbox, &payload, &w.Attempts, &next, &created, &w.LastError); err != nil {
+		return Webhook{}, err
+	}
+	w.Secret, w.Payload = Secret(secret), []byte(payload)
+	if oldSecret != "" {
+		w.OldSecret, w.OldSecretUntil = Secret(oldSecret), fromUnix(oldUntil)
+	}
+	w.NextAttempt, w.Created = time.UnixMilli(next).UTC(), time.UnixMilli(created).UTC()
+	return w, nil
+}
+
 // NextWebhook returns the oldest webhook queued for (consumerID, mailbox)
 // after sequence number after, when it is due by now: the one to send after
 // that mailbox's webhook after was delivered (whose row may not be deleted
 // yet). ok is false when there is none or it is not due.
-func (s *Store) NextWebhook(ctx context.Context, consumerID int64, mailbox string, after int64, now time.Time) (w Webhook, ok bool, err error) {
-	var secret, payload string
-	var next, created int64
-	err = s.r.QueryRowContext(ctx, `SELECT w.seq, w.id, w.consumer_id, c.name, c.url, c.secret, w.mailbox, w.payload,
-		w.attempts, w.next_attempt_ms, w.created_ms, w.last_error
+func (s *Store) NextWebhook(ctx context.Context, consumerID int64, mailbox string, after int64, now time.Time) (Webhook, bool, error) {
+	w, err := scanWebhook(s.r.QueryRowContext(ctx, `SELECT `+webhookColumns+`
 		FROM webhook_outbox w JOIN consumers c ON c.id = w.consumer_id
 		WHERE w.consumer_id = ? AND w.mailbox = ? AND w.seq > ? AND c.enabled = 1
-		ORDER BY w.seq LIMIT 1`, consumerID, mailbox, after).Scan(&w.Seq, &w.ID, &w.ConsumerID, &w.Consumer, &w.URL, &secret,
-		&w.Mailbox, &payload, &w.Attempts, &next, &created, &w.LastError)
+		ORDER BY w.seq LIMIT 1`, consumerID, mailbox, after))
 	if errors.Is(err, sql.ErrNoRows) {
 		return Webhook{}, false, nil
 	}
 	if err != nil {
 		return Webhook{}, false, fmt.Errorf("next webhook: %w", err)
 	}
-	if next > now.UnixMilli() {
+	if w.NextAttempt.After(now) {
 		return Webhook{}, false, nil
 	}
-	w.Secret, w.Payload = Secret(secret), []byte(payload)
-	w.NextAttempt, w.Created = time.UnixMilli(next).UTC(), time.UnixMilli(created).UTC()
 	return w, true, nil
 }
 

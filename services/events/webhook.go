@@ -327,6 +327,14 @@ func (d *Dispatcher) post(ctx context.Context, cfg *DeliveryConfig, w store.Webh
 	if err != nil {
 		return 0, 0, err
 	}
+	sig := Sign(key, w.ID, now, w.Payload)
+	if w.OldSecret != "" && now.Before(w.OldSecretUntil) {
+		// During a rotation both keys sign, space-separated, the new one
+		// first: a receiver with either key accepts the webhook.
+		if old, err := ParseSecret(w.OldSecret.Reveal()); err == nil {
+			sig += " " + Sign(old, w.ID, now, w.Payload)
+		}
+	}
 	ctx, cancel := context.WithTimeout(ctx, cfg.WebhookTimeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, w.URL, bytes.NewReader(w.Payload))
@@ -337,7 +345,7 @@ func (d *Dispatcher) post(ctx context.Context, cfg *DeliveryConfig, w store.Webh
 	req.Header.Set("User-Agent", "cyrus-sidecar")
 	req.Header.Set(HeaderID, w.ID)
 	req.Header.Set(HeaderTimestamp, strconv.FormatInt(now.Unix(), 10))
-	req.Header.Set(HeaderSignature, Sign(key, w.ID, now, w.Payload))
+	req.Header.Set(HeaderSignature, sig)
 	resp, err := d.client.Do(req)
 	if err != nil {
 		// The URL may carry a consumer's key in its query: keep it out of

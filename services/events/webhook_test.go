@@ -607,3 +607,58 @@ func TestWebhookGone(t *testing.T) {
 		t.Errorf("after enable: %+v", cs[1])
 	}
 }
+
+// TestWebhookRotation: after a rotation with a grace time, a webhook
+// verifies with the new secret and with the old one (two signatures); with
+// no grace only the new one signs.
+func TestWebhookRotation(t *testing.T) {
+	e := newDeliveryEnv(t, nil)
+	ep := &hookEndpoint{}
+	srv := httptest.NewServer(ep)
+	defer srv.Close()
+	oldKey := e.consumer(t, "groupware", srv.URL, "Acme")
+	e.run(t)
+	send := func(n int) hookRequest {
+		t.Helper()
+		if err := e.d.Publish(t.Context(), []Event{testEvent(TypeMessageAdded, "alice@example.com", "INBOX", "alice@example.com")}); err != nil {
+			t.Fatal(err)
+		}
+		waitDelivery(t, "a webhook", func() bool { return len(ep.requests()) == n && e.pending(t) == 0 })
+		return ep.requests()[n-1]
+	}
+	rotate := func(grace time.Duration) []byte {
+		t.Helper()
+		sec, err := store.GenerateWebhookSecret()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := e.st.RotateConsumerSecret(t.Context(), "groupware", sec, grace); err != nil {
+			t.Fatal(err)
+		}
+		key, _ := ParseSecret(sec.Reveal())
+		return key
+	}
+	if r := send(1); len(strings.Fields(r.header.Get(HeaderSignature))) != 1 || Verify(oldKey, r.header, r.body, time.Now(), DefaultTolerance) != nil {
+		t.Fatalf("before rotation: %q", r.header.Get(HeaderSignature))
+	}
+	newKey := rotate(time.Hour)
+	r := send(2)
+	if n := len(strings.Fields(r.header.Get(HeaderSignature))); n != 2 {
+		t.Errorf("during the grace time: %d signatures, want 2", n)
+	}
+	for name, key := range map[string][]byte{"new": newKey, "old": oldKey} {
+		if err := Verify(key, r.header, r.body, time.Now(), DefaultTolerance); err != nil {
+			t.Errorf("during the grace time, the %s secret: %v", name, err)
+		}
+	}
+	newest := rotate(0)
+	r = send(3)
+	if err := Verify(newest, r.header, r.body, time.Now(), DefaultTolerance); err != nil || len(strings.Fields(r.header.Get(HeaderSignature))) != 1 {
+		t.Errorf("after a rotation without grace: %q, %v", r.header.Get(HeaderSignature), err)
+	}
+	for name, key := range map[string][]byte{"previous": newKey, "first": oldKey} {
+		if err := Verify(key, r.header, r.body, time.Now(), DefaultTolerance); err == nil {
+			t.Errorf("the %s secret still verifies after a rotation without grace", name)
+		}
+	}
+}

@@ -1,0 +1,11 @@
+-- Why a consumer is disabled, '' while it is enabled: its endpoint
+-- answered 410 Gone (RFC 9110 §15.5.11: gone, likely for good) and the
+-- dispatcher stopped sending, or an admin disabled it. Its webhooks stay in
+-- the outbox until it is enabled again or deleted.
+ALTER TABLE consumers ADD COLUMN disabled_reason TEXT NOT NULL DEFAULT '';
+-- Secret rotation (consumer rotate): the previous secret still signs, next
+-- to the new one, until old_secret_until (Unix seconds), so the receiver can
+-- switch its key at any moment within that time (Standard Webhooks: several
+-- space-separated signatures, any one of which may match).
+ALTER TABLE consumers ADD COLUMN old_secret TEXT NOT NULL DEFAULT '';
+ALTER TABLE consumers ADD COLUMN old_secret_until INTEGER NOT NULL DEFAULT 0;
