@@ -114,10 +114,11 @@ func cmdToken(args []string, std stdio, getenv func(string) string) error {
 // saslauthd responder recorded it (it writes in batches, so an attempt shows
 // within a fraction of a second).
 func cmdAuthLog(args []string, std stdio, getenv func(string) string) error {
-	c := newCommand("auth log", "auth log [ADDRESS] [-n 50] [-failed] [-service S] [-since 24h] [-json] [-config FILE]", std, getenv).withJSON()
+	c := newCommand("auth log", "auth log [ADDRESS] [-n 50] [-failed] [-service S] [-client IP] [-since 24h] [-json] [-config FILE]", std, getenv).withJSON()
 	n := c.fs.Int("n", 50, "show the newest `count` entries")
 	failed := c.fs.Bool("failed", false, "only failed attempts")
 	service := c.fs.String("service", "", "only this `service` (imap, pop, sieve, HTTP, smtp, as the client sent it)")
+	client := c.fs.String("client", "", "only attempts from this `address` (an IP, or IP;port as libsasl sends it)")
 	since := c.fs.Duration("since", 0, "only entries from this `long` ago on (24h, 30m)")
 	ctx := context.Background()
 	pos, err := c.start(ctx, args, 0, 1, "at most one address", false)
@@ -131,7 +132,7 @@ func cmdAuthLog(args []string, std stdio, getenv func(string) string) error {
 	if *since < 0 {
 		return usagef("auth log: -since must be positive, got %v", *since)
 	}
-	f := store.LoginFilter{Service: *service, Limit: *n}
+	f := store.LoginFilter{Service: *service, Client: *client, Limit: *n}
 	if len(pos) == 1 {
 		// As the responder records it: canonical when it parses (Cyrus's
 		// rules for a login), else as sent.

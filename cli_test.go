@@ -368,6 +368,9 @@ func TestCLIAuthLog(t *testing.T) {
 		{[]string{"-since", "1h"}, []string{"wrong password", "unknown user"}, []string{"192.0.2.1"}},
 		{[]string{"-n", "1", "alice@example.com"}, []string{"wrong password"}, []string{"192.0.2.1"}},
 		{[]string{"carol"}, []string{"TIME"}, []string{"example.com"}},
+		{[]string{"-client", "192.0.2.2"}, []string{"wrong password"}, []string{"192.0.2.1", "unknown user"}}, // IP alone: any port
+		{[]string{"-client", "192.0.2.2;2000"}, []string{"wrong password"}, []string{"192.0.2.1"}},
+		{[]string{"-client", "192.0.2"}, []string{"TIME"}, []string{"192.0.2"}}, // no prefix match beyond the IP
 	} {
 		out := mustRun(t, cfg, "", append([]string{"auth", "log"}, c.args...)...)
 		for _, w := range c.want {

@@ -84,7 +84,10 @@ type LoginFilter struct {
 	Login   string    // canonical login, as recorded
 	Service string    // as the client sent it (imap, sieve, ...)
 	Result  string    // ResultOK or ResultFail
-	Since   time.Time // at or after (the audit keeps seconds)
+	// Client is a client address as libsasl sends it, "IP;port", or the
+	// IP alone for every port.
+	Client string
+	Since  time.Time // at or after (the audit keeps seconds)
 	Limit   int       // the newest Limit entries; <= 0: 100
 }
 
@@ -105,6 +108,10 @@ func (s *Store) LoginsWhere(ctx context.Context, f LoginFilter) ([]LoginEvent, e
 	}
 	if f.Result != "" {
 		add("result = ?", f.Result)
+	}
+	if f.Client != "" {
+		where = append(where, `(client = ? OR substr(client, 1, ?) = ?)`)
+		args = append(args, f.Client, len(f.Client)+1, f.Client+";")
 	}
 	if !f.Since.IsZero() {
 		add("at >= ?", f.Since.Unix())

@@ -107,4 +107,5 @@ func TestLoginsWhere(t *testing.T) {
 	since := at.Add(30 * time.Minute)
 	want(LoginFilter{Since: since, Result: ResultOK, Limit: 3}, func(e LoginEvent) bool { return !e.At.Before(since) && e.Result == ResultOK })
 	want(LoginFilter{Login: "nobody@example.com"}, func(LoginEvent) bool { return false })
+	want(LoginFilter{Client: "192.0.2.1"}, func(e LoginEvent) bool { return e.Client == "192.0.2.1" })
 }
