@@ -19,6 +19,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -260,6 +261,34 @@ func (d *doctor) openStore() {
 		fixes = []string{"cyrus-sidecar domain add DOMAIN -org NAME"}
 	}
 	d.add("store", status, detail, fixes...)
+	d.checkBackup()
+}
+
+// backupMaxAge is how old the backup timer's copy may get: it runs daily,
+// up to an hour late, and catches up after a boot.
+const backupMaxAge = 48 * time.Hour
+
+// checkBackup reports the age of the copy cyrus-sidecar-backup.service
+// keeps beside the store (backup/store.db), when there is one: a timer
+// that stopped running is otherwise noticed only on the day it is needed.
+func (d *doctor) checkBackup() {
+	path := filepath.Join(filepath.Dir(d.cfg.Store.Path), "backup", "store.db")
+	fi, err := os.Stat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return // no backup timer, or backups go elsewhere
+	}
+	if err != nil {
+		d.add("backup", statusWarn, err.Error())
+		return
+	}
+	age := time.Since(fi.ModTime())
+	detail := fmt.Sprintf("%s: %s old, written %s", path, age.Round(time.Minute), fi.ModTime().UTC().Format("2006-01-02 15:04Z"))
+	if age > backupMaxAge {
+		d.add("backup", statusWarn, detail+": the daily backup has not run",
+			"systemctl status cyrus-sidecar-backup.timer cyrus-sidecar-backup.service   (and journalctl -u cyrus-sidecar-backup.service)")
+		return
+	}
+	d.add("backup", statusOK, detail)
 }
 
 // storeAccessFixes are the fixes for a store this process cannot use.

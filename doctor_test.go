@@ -377,3 +377,34 @@ func TestDoctorDocExamples(t *testing.T) {
 		checkReportGrammar(t, lab.DocSnippet(t, "docs/operations.md", name))
 	}
 }
+
+// TestDoctorBackup: no line without the backup timer's copy; its age once
+// there is one; a warning with what to look at once it is two days old.
+func TestDoctorBackup(t *testing.T) {
+	cfg := testEnv(t)
+	mustRun(t, cfg, "", "org", "add", "Acme")
+	dir := filepath.Dir(cfg)
+	out, _, _ := runCLI(t, cfg, "", "doctor", "-imapd-conf", filepath.Join(dir, "imapd.conf"))
+	if strings.Contains(out, "backup") {
+		t.Errorf("a backup line without a backup:\n%s", out)
+	}
+	if err := os.Mkdir(filepath.Join(dir, "backup"), 0o750); err != nil {
+		t.Fatal(err)
+	}
+	copyPath := filepath.Join(dir, "backup", "store.db")
+	mustRun(t, cfg, "", "backup", copyPath)
+	out, _, _ = runCLI(t, cfg, "", "doctor", "-imapd-conf", filepath.Join(dir, "imapd.conf"))
+	checkReportGrammar(t, out)
+	if !regexp.MustCompile(`(?m)^ok    backup +` + regexp.QuoteMeta(copyPath) + `: 0s old, written `).MatchString(out) {
+		t.Errorf("fresh backup:\n%s", out)
+	}
+	old := time.Now().Add(-50 * time.Hour)
+	if err := os.Chtimes(copyPath, old, old); err != nil {
+		t.Fatal(err)
+	}
+	out, _, _ = runCLI(t, cfg, "", "doctor", "-imapd-conf", filepath.Join(dir, "imapd.conf"))
+	if !regexp.MustCompile(`(?m)^warn  backup +.*: 50h0m0s old, .*: the daily backup has not run$`).MatchString(out) ||
+		!strings.Contains(out, "fix: systemctl status cyrus-sidecar-backup.timer") {
+		t.Errorf("old backup:\n%s", out)
+	}
+}
