@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"cyrus-sidecar/services/saslauthd"
@@ -166,11 +167,13 @@ func cmdAuthLog(args []string, std stdio, getenv func(string) string) error {
 }
 
 // printable quotes what a client sent when it holds anything a terminal
-// would act on; the audit keeps the bytes as they came.
+// would act on, or that would reorder or hide text (bidi and other format
+// characters); the audit keeps the bytes as they came.
 func printable(s string) string {
 	for _, r := range s {
-		if r < 0x20 || r == 0x7f || r == utf8.RuneError || (r >= 0x80 && r < 0xa0) || r == '\u2028' || r == '\u2029' {
-			return strconv.Quote(s)
+		if r < 0x20 || r == 0x7f || r == utf8.RuneError || (r >= 0x80 && r < 0xa0) || r == '\u2028' || r == '\u2029' ||
+			unicode.Is(unicode.Cf, r) {
+			return strconv.QuoteToASCII(s)
 		}
 	}
 	return s

@@ -170,7 +170,7 @@ func cmdConsumer(args []string, std stdio, getenv func(string) string) error {
 			return err
 		}
 		if sub == "enable" {
-			fmt.Fprintf(std.out, "consumer %q enabled: serve sends its pending webhooks within a second (those older than max_age as a resync), and a resync of everything if it was disabled\n", pos[0])
+			fmt.Fprintf(std.out, "consumer %q enabled: if it was disabled, its pending webhooks are replaced by one resync of everything, sent within a second\n", pos[0])
 		} else {
 			fmt.Fprintf(std.out, "consumer %q disabled: its webhooks are kept until it is enabled again or deleted\n", pos[0])
 		}

@@ -345,6 +345,7 @@ func TestCLIAuthLog(t *testing.T) {
 		{At: now.Add(-time.Minute), Login: "alice@example.com", Service: "sieve", Result: store.ResultFail, Reason: "wrong password", Client: "192.0.2.2;2000"},
 		{At: now, Login: "bob@example.com", Service: "imap", Result: store.ResultFail, Reason: "unknown user"},
 		{At: now, Login: "evil\x1b[2J", Service: "imap", Result: store.ResultFail, Reason: "malformed login"},
+		{At: now, Login: "mallory\u202egpj.exe", Service: "imap", Result: store.ResultFail, Reason: "malformed login"},
 	})
 	st.Close()
 	if err != nil {
@@ -352,11 +353,14 @@ func TestCLIAuthLog(t *testing.T) {
 	}
 	out := mustRun(t, cfg, "", "auth", "log")
 	lines := strings.Split(strings.TrimSpace(out), "\n")
-	if len(lines) != 5 || !strings.HasPrefix(lines[0], "TIME") || !strings.Contains(lines[4], "192.0.2.1;1000") {
-		t.Errorf("auth log: want a header and 4 entries, oldest last:\n%s", out)
+	if len(lines) != 6 || !strings.HasPrefix(lines[0], "TIME") || !strings.Contains(lines[5], "192.0.2.1;1000") {
+		t.Errorf("auth log: want a header and 5 entries, oldest last:\n%s", out)
 	}
 	if strings.Contains(out, "\x1b") || !strings.Contains(out, `"evil\x1b[2J"`) {
 		t.Errorf("auth log printed a client's escape sequence unquoted:\n%q", out)
+	}
+	if strings.Contains(out, "\u202e") || !strings.Contains(out, `"mallory\u202egpj.exe"`) {
+		t.Errorf("auth log printed a client's bidi override unquoted:\n%q", out)
 	}
 	for _, c := range []struct {
 		args      []string

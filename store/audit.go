@@ -81,14 +81,14 @@ func (s *Store) Logins(ctx context.Context, login string, limit int) ([]LoginEve
 
 // LoginFilter selects audit entries; zero fields select everything.
 type LoginFilter struct {
-	Login   string    // canonical login, as recorded
-	Service string    // as the client sent it (imap, sieve, ...)
-	Result  string    // ResultOK or ResultFail
+	Login   string // canonical login, as recorded
+	Service string // as the client sent it (imap, sieve, ...)
+	Result  string // ResultOK or ResultFail
 	// Client is a client address as libsasl sends it, "IP;port", or the
 	// IP alone for every port.
 	Client string
 	Since  time.Time // at or after (the audit keeps seconds)
-	Limit   int       // the newest Limit entries; <= 0: 100
+	Limit  int       // the newest Limit entries; <= 0: 100
 }
 
 // LoginsWhere returns the newest attempts that f selects, newest first.

@@ -9,6 +9,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // ErrBackupExists is returned by Backup when the target exists and
@@ -46,8 +49,9 @@ func (s *Store) Backup(ctx context.Context, path string, replace bool) (BackupIn
 }
 
 func (s *Store) backup(ctx context.Context, path string, replace bool) (BackupInfo, error) {
-	if strings.ContainsAny(path, "?#") {
-		return BackupInfo{}, errors.New("path must not contain '?' or '#'")
+	// The copy is opened again as a file: URI, where these have meanings.
+	if strings.ContainsAny(path, "?#%") {
+		return BackupInfo{}, errors.New("path must not contain '?', '#' or '%'")
 	}
 	if err := s.notStoreFile(path); err != nil {
 		return BackupInfo{}, err
@@ -58,6 +62,7 @@ func (s *Store) backup(ctx context.Context, path string, replace bool) (BackupIn
 		}
 	}
 	dir := filepath.Dir(path)
+	removeStaleTemps(dir, filepath.Base(path))
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*") // 0600
 	if err != nil {
 		return BackupInfo{}, err
@@ -92,10 +97,8 @@ func (s *Store) backup(ctx context.Context, path string, replace bool) (BackupIn
 	}
 	if replace {
 		err = os.Rename(tmp, path)
-	} else if err = os.Link(tmp, path); err == nil { // fails if path appeared meanwhile
-		os.Remove(tmp)
-	} else if errors.Is(err, fs.ErrExist) {
-		err = ErrBackupExists
+	} else {
+		err = renameNoReplace(tmp, path) // fails if path appeared meanwhile
 	}
 	if err != nil {
 		return BackupInfo{}, err
@@ -108,25 +111,65 @@ func (s *Store) backup(ctx context.Context, path string, replace bool) (BackupIn
 	return info, nil
 }
 
-// notStoreFile refuses the store's own files as a backup target.
+// notStoreFile refuses the store's own files as a backup target, however
+// named: through a symbolic link to the file or to its directory.
 func (s *Store) notStoreFile(path string) error {
-	abs, err := filepath.Abs(path)
-	if err != nil {
-		return err
-	}
 	db, err := filepath.Abs(s.path)
 	if err != nil {
 		return err
 	}
-	for _, own := range []string{db, db + "-wal", db + "-shm", db + "-journal"} {
-		if abs == own {
+	own := []string{db, db + "-wal", db + "-shm", db + "-journal"}
+	target, err := filepath.Abs(path)
+	if err != nil {
+		return err
+	}
+	if dir, err := filepath.EvalSymlinks(filepath.Dir(target)); err == nil {
+		target = filepath.Join(dir, filepath.Base(target))
+	}
+	fi, statErr := os.Stat(target)
+	for _, p := range own {
+		if target == p {
+			return fmt.Errorf("%s is the store itself", path)
+		}
+		if statErr != nil {
+			continue
+		}
+		if ofi, err := os.Stat(p); err == nil && os.SameFile(fi, ofi) {
 			return fmt.Errorf("%s is the store itself", path)
 		}
 	}
-	if fi, err := os.Stat(path); err == nil && os.SameFile(fi, s.file) {
-		return fmt.Errorf("%s is the store itself", path)
-	}
 	return nil
+}
+
+// renameNoReplace gives tmp the name path unless path exists
+// (renameat2 RENAME_NOREPLACE, atomic); where the file system cannot do
+// that, a hard link does the same.
+func renameNoReplace(tmp, path string) error {
+	err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, path, unix.RENAME_NOREPLACE)
+	if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) {
+		if err = os.Link(tmp, path); err == nil {
+			os.Remove(tmp)
+		}
+	}
+	if errors.Is(err, fs.ErrExist) {
+		return ErrBackupExists
+	}
+	return err
+}
+
+// staleTempAge is when a leftover temporary copy (the backup was killed)
+// may go: no backup of a store this size takes that long.
+const staleTempAge = time.Hour
+
+// removeStaleTemps deletes the temporary copies killed backups to name left
+// in dir: they hold password hashes like the store.
+func removeStaleTemps(dir, name string) {
+	olds, _ := filepath.Glob(filepath.Join(dir, "."+name+".tmp-*"))
+	for _, p := range olds {
+		if fi, err := os.Lstat(p); err == nil && fi.Mode().IsRegular() && time.Since(fi.ModTime()) > staleTempAge {
+			os.Remove(p)
+		}
+	}
 }
 
 // checkBackup opens the copy read-only, checks it and counts what it holds.

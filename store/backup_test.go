@@ -122,6 +122,44 @@ func TestBackup(t *testing.T) {
 	if _, err := st.Backup(ctx, link, true); err == nil {
 		t.Errorf("backup onto a symlink to the store: no error")
 	}
+	// Through a symbolic link to the store's directory, the -wal too.
+	if _, err := os.Stat(filepath.Join(dir, "store.db-wal")); err != nil {
+		t.Fatalf("the store has no -wal to guard: %v", err)
+	}
+	linkDir := filepath.Join(t.TempDir(), "state")
+	if err := os.Symlink(dir, linkDir); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"store.db", "store.db-wal", "store.db-shm"} {
+		if _, err := st.Backup(ctx, filepath.Join(linkDir, name), true); err == nil || !strings.Contains(err.Error(), "is the store itself") {
+			t.Errorf("backup onto %s through a linked directory: %v, want a refusal", name, err)
+		}
+	}
+	if err := st.Ping(ctx); err != nil {
+		t.Errorf("the store after the refusals: %v", err)
+	}
+	if _, err := st.Backup(ctx, filepath.Join(dir, "50%.db"), false); err == nil {
+		t.Errorf("a '%%' in the name: no error")
+	}
+	// A killed backup's temporary copy goes on the next run, once old.
+	stale := filepath.Join(dir, ".daily.db.tmp-123")
+	fresh := filepath.Join(dir, ".daily.db.tmp-456")
+	for _, p := range []string{stale, fresh} {
+		if err := os.WriteFile(p, []byte("hashes"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	old := time.Now().Add(-2 * time.Hour)
+	os.Chtimes(stale, old, old)
+	if _, err := st.Backup(ctx, filepath.Join(dir, "daily.db"), false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(stale); err == nil {
+		t.Errorf("a stale temporary copy stayed")
+	}
+	if _, err := os.Stat(fresh); err != nil {
+		t.Errorf("a recent temporary copy (another backup's, maybe) was removed: %v", err)
+	}
 	if _, err := st.Backup(ctx, filepath.Join(dir, "no", "such", "dir.db"), false); err == nil {
 		t.Errorf("backup into a missing directory: no error")
 	}

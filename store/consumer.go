@@ -142,8 +142,8 @@ func (s *Store) AddConsumer(ctx context.Context, nc NewConsumer) (Consumer, erro
 				return err
 			}
 		}
-		res, err := tx.ExecContext(ctx, "INSERT INTO consumers (name, url, secret, org_id, envelope, created) VALUES (?, ?, ?, ?, ?, ?)",
-			c.Name, c.URL, c.Secret.Reveal(), orgID, c.Envelope, c.Created.Unix())
+		res, err := tx.ExecContext(ctx, "INSERT INTO consumers (name, url, secret, org_id, envelope, created, enabled_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+			c.Name, c.URL, c.Secret.Reveal(), orgID, c.Envelope, c.Created.Unix(), time.Now().UnixMilli())
 		if isUnique(err) {
 			return fmt.Errorf("consumer %q: %w", c.Name, ErrExists)
 		} else if err != nil {
@@ -182,15 +182,13 @@ func (s *Store) DelConsumer(ctx context.Context, name string) error {
 }
 
 // SetConsumerEnabled enables or disables a consumer (name ignoring ASCII
-// case), with why when disabling. A disabled consumer gets no new webhooks
-// and keeps its outbox. Enabling one that was disabled sends that backlog
-// (a webhook older than max_age becomes a resync, as after any outage) and,
-// in the same transaction, resync: what happened while it was disabled was
-// not queued for it, so it is told to sync everything.
+// case), with why when disabling (a consumer already disabled keeps its
+// first reason, a 410 say). A disabled consumer gets no new webhooks and
+// keeps its outbox. Enabling one that was disabled replaces that backlog
+// with resync, in one transaction: what happened while it was disabled was
+// not queued for it, so it has to sync everything anyway, and stale events
+// arriving after that sync would only send it syncing again.
 func (s *Store) SetConsumerEnabled(ctx context.Context, name string, enabled bool, reason string, resync []byte) error {
-	if enabled {
-		reason = ""
-	}
 	err := s.write(ctx, func(tx *sql.Tx) error {
 		var id int64
 		var was bool
@@ -198,15 +196,23 @@ func (s *Store) SetConsumerEnabled(ctx context.Context, name string, enabled boo
 		if errors.Is(err, sql.ErrNoRows) {
 			return fmt.Errorf("consumer %q: %w", name, ErrNotFound)
 		}
-		if err != nil {
+		if err != nil || was == enabled {
 			return err
 		}
-		if _, err := tx.ExecContext(ctx, "UPDATE consumers SET enabled = ?, disabled_reason = ? WHERE id = ?", enabled, cutUTF8(reason, maxWebhookError), id); err != nil {
+		if !enabled {
+			_, err = tx.ExecContext(ctx, "UPDATE consumers SET enabled = 0, disabled_reason = ? WHERE id = ?", cutUTF8(reason, maxWebhookError), id)
 			return err
 		}
-		if enabled && !was && resync != nil {
-			_, err = enqueueWebhooks(ctx, tx, []NewWebhook{{ConsumerID: id, Payload: resync}}, time.Now())
+		if _, err := tx.ExecContext(ctx, "UPDATE consumers SET enabled = 1, disabled_reason = '', enabled_at = ? WHERE id = ?", time.Now().UnixMilli(), id); err != nil {
+			return err
 		}
+		if resync == nil {
+			return nil
+		}
+		if _, err := tx.ExecContext(ctx, "DELETE FROM webhook_outbox WHERE consumer_id = ?", id); err != nil {
+			return err
+		}
+		_, err = enqueueWebhooks(ctx, tx, []NewWebhook{{ConsumerID: id, Payload: resync}}, time.Now())
 		return err
 	})
 	if err != nil {
@@ -245,12 +251,16 @@ func (s *Store) RotateConsumerSecret(ctx context.Context, name string, secret Se
 	return nil
 }
 
-// DisableConsumer is the dispatcher's: it disables consumer id, unless it
-// is gone or disabled already, and reports whether it did.
-func (s *Store) DisableConsumer(ctx context.Context, id int64, reason string) (bool, error) {
+// DisableConsumer is the dispatcher's, after a 410 Gone from url to an
+// attempt that started at since: it disables consumer id if it still sends
+// to url and nobody created or enabled it after since (ids are reused, and
+// an admin may have set the endpoint right meanwhile). It reports whether
+// it did.
+func (s *Store) DisableConsumer(ctx context.Context, id int64, url string, since time.Time, reason string) (bool, error) {
 	var n int64
 	err := s.write(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, "UPDATE consumers SET enabled = 0, disabled_reason = ? WHERE id = ? AND enabled = 1", cutUTF8(reason, maxWebhookError), id)
+		res, err := tx.ExecContext(ctx, "UPDATE consumers SET enabled = 0, disabled_reason = ? WHERE id = ? AND url = ? AND enabled = 1 AND enabled_at <= ?",
+			cutUTF8(reason, maxWebhookError), id, url, since.UnixMilli())
 		if err != nil {
 			return err
 		}

@@ -155,7 +155,7 @@ func TestWebhookOutboxOrder(t *testing.T) {
 		t.Errorf("head = %+v", first)
 	}
 	// A failing head holds back its successor, and only its successor.
-	if err := st.MarkFailed(ctx, first.Seq, now.Add(time.Hour), strings.Repeat("x", 2000)); err != nil {
+	if err := st.MarkFailed(ctx, Ack{first.Seq, first.ID}, now.Add(time.Hour), strings.Repeat("x", 2000)); err != nil {
 		t.Fatal(err)
 	}
 	due, _ = st.DueWebhooks(ctx, now, 100)
@@ -167,7 +167,7 @@ func TestWebhookOutboxOrder(t *testing.T) {
 	if i < 0 || due[i].Attempts != 1 || due[i].ID != first.ID || len(due[i].LastError) != maxWebhookError {
 		t.Fatalf("retried head = %+v", due)
 	}
-	if err := st.MarkDelivered(ctx, first.Seq); err != nil {
+	if err := st.MarkDelivered(ctx, Ack{first.Seq, first.ID}); err != nil {
 		t.Fatal(err)
 	}
 	due, _ = st.DueWebhooks(ctx, now, 100)
@@ -215,7 +215,7 @@ func TestWebhookOutboxOrder(t *testing.T) {
 		t.Errorf("after deleting a: due = %v", got)
 	}
 	// Several at once, with rows already gone among them.
-	if err := st.MarkDelivered(ctx, first.Seq, due[0].Seq, 1<<40); err != nil {
+	if err := st.MarkDelivered(ctx, Ack{first.Seq, first.ID}, Ack{due[0].Seq, due[0].ID}, Ack{1 << 40, "msg_x"}); err != nil {
 		t.Fatal(err)
 	}
 	if due, _ := st.DueWebhooks(ctx, now.Add(time.Second), 100); len(due) != 0 {
@@ -305,9 +305,11 @@ func BenchmarkRecordEvents(b *testing.B) {
 	}
 }
 
-// TestConsumerEnabled: disabling keeps the outbox and says why; enabling a
-// disabled consumer queues the given resync, an enabled one nothing; the
-// dispatcher's DisableConsumer acts once.
+// TestConsumerEnabled: disabling keeps the outbox and says why (the first
+// reason stays); enabling a disabled consumer replaces its outbox with the
+// given resync, enabling an enabled one does nothing; the dispatcher's
+// DisableConsumer acts once, only for the URL it sent to and only when the
+// consumer was not enabled after the attempt started.
 func TestConsumerEnabled(t *testing.T) {
 	ctx := t.Context()
 	st := eventsStore(t)
@@ -315,12 +317,22 @@ func TestConsumerEnabled(t *testing.T) {
 	if _, err := st.EnqueueWebhooks(ctx, []NewWebhook{{a.ID, "m1", []byte(`1`)}}); err != nil {
 		t.Fatal(err)
 	}
-	did, err := st.DisableConsumer(ctx, a.ID, "410 Gone from its URL")
+	before := time.Now().Add(-time.Hour) // an attempt that started before the consumer existed
+	if did, err := st.DisableConsumer(ctx, a.ID, a.URL, before, "stale"); err != nil || did {
+		t.Errorf("DisableConsumer for an attempt older than the consumer = %v, %v; want false", did, err)
+	}
+	if did, err := st.DisableConsumer(ctx, a.ID, "https://elsewhere.example/", time.Now(), "other url"); err != nil || did {
+		t.Errorf("DisableConsumer for another URL = %v, %v; want false", did, err)
+	}
+	did, err := st.DisableConsumer(ctx, a.ID, a.URL, time.Now(), "410 Gone from its URL")
 	if err != nil || !did {
 		t.Fatalf("DisableConsumer = %v, %v", did, err)
 	}
-	if did, err := st.DisableConsumer(ctx, a.ID, "again"); err != nil || did {
+	if did, err := st.DisableConsumer(ctx, a.ID, a.URL, time.Now(), "again"); err != nil || did {
 		t.Errorf("second DisableConsumer = %v, %v; want false", did, err)
+	}
+	if err := st.SetConsumerEnabled(ctx, "a", false, "disabled by an admin", nil); err != nil {
+		t.Fatal(err)
 	}
 	cs, _ := st.Consumers(ctx)
 	if cs[0].Enabled || cs[0].DisabledReason != "410 Gone from its URL" || cs[0].Pending != 1 {
@@ -342,8 +354,11 @@ func TestConsumerEnabled(t *testing.T) {
 		got = append(got, w.Mailbox+":"+string(w.Payload))
 	}
 	slices.Sort(got)
-	if !cs[0].Enabled || cs[0].DisabledReason != "" || !slices.Equal(got, []string{":resync", "m1:1"}) {
-		t.Errorf("enabled: %+v, due %v", cs[0], got)
+	if !cs[0].Enabled || cs[0].DisabledReason != "" || !slices.Equal(got, []string{":resync"}) {
+		t.Errorf("enabled: %+v, due %v (want the resync alone)", cs[0], got)
+	}
+	if did, err := st.DisableConsumer(ctx, a.ID, a.URL, time.Now().Add(-time.Minute), "a 410 from before the enable"); err != nil || did {
+		t.Errorf("DisableConsumer for an attempt older than the enable = %v, %v; want false", did, err)
 	}
 	if err := st.SetConsumerEnabled(ctx, "a", false, "disabled by an admin", nil); err != nil {
 		t.Fatal(err)
@@ -416,5 +431,36 @@ func TestRotateConsumerSecret(t *testing.T) {
 		if err := st.RotateConsumerSecret(ctx, bad.name, bad.sec, bad.grace); err == nil {
 			t.Errorf("RotateConsumerSecret(%q, %v): no error", bad.name, bad.grace)
 		}
+	}
+}
+
+// TestAckAfterSeqReuse: SQLite gives a deleted row's seq to the next
+// insert, so an acknowledgement held while its delete waits may name
+// another consumer's webhook by then: it must not delete that one.
+func TestAckAfterSeqReuse(t *testing.T) {
+	ctx := t.Context()
+	st := eventsStore(t)
+	a := addConsumer(t, st, "a", "Acme")
+	b := addConsumer(t, st, "b", "Acme")
+	if _, err := st.EnqueueWebhooks(ctx, []NewWebhook{{a.ID, "m1", []byte(`A`)}}); err != nil {
+		t.Fatal(err)
+	}
+	due, _ := st.DueWebhooks(ctx, time.Now(), 10)
+	held := Ack{due[0].Seq, due[0].ID} // a said 2xx; the delete waits
+	if err := st.DelConsumer(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.EnqueueWebhooks(ctx, []NewWebhook{{b.ID, "m9", []byte(`B`)}}); err != nil {
+		t.Fatal(err)
+	}
+	due, _ = st.DueWebhooks(ctx, time.Now().Add(time.Second), 10)
+	if len(due) != 1 || due[0].Seq != held.Seq {
+		t.Fatalf("SQLite did not reuse seq %d (got %v): the premise of this test changed", held.Seq, due)
+	}
+	if err := st.MarkDelivered(ctx, held); err != nil {
+		t.Fatal(err)
+	}
+	if due, _ := st.DueWebhooks(ctx, time.Now().Add(time.Second), 10); len(due) != 1 || string(due[0].Payload) != "B" {
+		t.Errorf("b's webhook was deleted by a's stale acknowledgement: due %v", due)
 	}
 }

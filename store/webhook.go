@@ -179,22 +179,31 @@ func (s *Store) NextWebhook(ctx context.Context, consumerID int64, mailbox strin
 	return w, true, nil
 }
 
+// Ack names an outbox row its consumer acknowledged: by seq and by
+// webhook-id, since SQLite gives a deleted row's seq to the next insert
+// (INTEGER PRIMARY KEY without AUTOINCREMENT), so that a seq held while its
+// delete waits may name another webhook by then; the id never repeats.
+type Ack struct {
+	Seq int64
+	ID  string
+}
+
 // MarkDelivered removes webhooks their consumers acknowledged, in one
 // transaction: the dispatcher hands over every acknowledgement that came in
 // while it was busy, so a burst costs one commit, not one per webhook. A row
 // already gone (its consumer deleted meanwhile) is not an error.
-func (s *Store) MarkDelivered(ctx context.Context, seqs ...int64) error {
-	if len(seqs) == 0 {
+func (s *Store) MarkDelivered(ctx context.Context, acks ...Ack) error {
+	if len(acks) == 0 {
 		return nil
 	}
 	err := s.write(ctx, func(tx *sql.Tx) error {
-		st, err := tx.PrepareContext(ctx, "DELETE FROM webhook_outbox WHERE seq = ?")
+		st, err := tx.PrepareContext(ctx, "DELETE FROM webhook_outbox WHERE seq = ? AND id = ?")
 		if err != nil {
 			return err
 		}
 		defer st.Close()
-		for _, seq := range seqs {
-			if _, err := st.ExecContext(ctx, seq); err != nil {
+		for _, a := range acks {
+			if _, err := st.ExecContext(ctx, a.Seq, a.ID); err != nil {
 				return err
 			}
 		}
@@ -208,10 +217,10 @@ func (s *Store) MarkDelivered(ctx context.Context, seqs ...int64) error {
 
 // MarkFailed records a failed attempt: one more attempt, the next at next,
 // and why (cut to a few hundred bytes).
-func (s *Store) MarkFailed(ctx context.Context, seq int64, next time.Time, reason string) error {
+func (s *Store) MarkFailed(ctx context.Context, a Ack, next time.Time, reason string) error {
 	err := s.write(ctx, func(tx *sql.Tx) error {
-		_, err := tx.ExecContext(ctx, "UPDATE webhook_outbox SET attempts = attempts + 1, next_attempt_ms = ?, last_error = ? WHERE seq = ?",
-			next.UnixMilli(), cutUTF8(reason, maxWebhookError), seq)
+		_, err := tx.ExecContext(ctx, "UPDATE webhook_outbox SET attempts = attempts + 1, next_attempt_ms = ?, last_error = ? WHERE seq = ? AND id = ?",
+			next.UnixMilli(), cutUTF8(reason, maxWebhookError), a.Seq, a.ID)
 		return err
 	})
 	if err != nil {

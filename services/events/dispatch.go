@@ -145,10 +145,10 @@ type Store interface {
 	PruneEvents(ctx context.Context, before time.Time) (int64, error)
 	DueWebhooks(ctx context.Context, now time.Time, limit int) ([]store.Webhook, error)
 	NextWebhook(ctx context.Context, consumerID int64, mailbox string, after int64, now time.Time) (store.Webhook, bool, error)
-	MarkDelivered(ctx context.Context, seqs ...int64) error
-	MarkFailed(ctx context.Context, seq int64, next time.Time, reason string) error
+	MarkDelivered(ctx context.Context, acks ...store.Ack) error
+	MarkFailed(ctx context.Context, a store.Ack, next time.Time, reason string) error
 	ReplaceWebhookBacklog(ctx context.Context, consumerID int64, mailbox string, payload []byte) (string, int64, error)
-	DisableConsumer(ctx context.Context, id int64, reason string) (bool, error)
+	DisableConsumer(ctx context.Context, id int64, url string, since time.Time, reason string) (bool, error)
 	User(ctx context.Context, a store.Address) (store.User, error)
 }
 

@@ -131,13 +131,15 @@ type whKey struct {
 // Acknowledged webhooks are deleted by this loop, not by the attempts: every
 // acknowledgement that arrived while it was busy goes in one transaction
 // (group commit), before the outbox is read again. Until then their seqs
-// are held in acked, and a due list never hands out one of them twice.
+// are held in acked, by sequence number and webhook-id (SQLite hands a
+// deleted row's seq to the next insert, so a seq alone could name another
+// webhook by then), and a due list never hands out one of them twice.
 func (d *Dispatcher) runWebhooks(ctx context.Context) {
 	inflight := map[whKey]bool{}
 	perConsumer := map[int64]int{}
 	var pending []store.Webhook // fetched, due, not yet started
 	queued := map[whKey]bool{}  // keys in pending
-	acked := map[int64]bool{}   // delivered, row not yet deleted
+	acked := map[int64]string{} // delivered, row not yet deleted: seq -> webhook-id
 	// Each attempt reports its end here exactly once; the buffer holds
 	// every attempt that can be in flight, so reporting never blocks.
 	finished := make(chan whDone, 1024)
@@ -151,10 +153,24 @@ func (d *Dispatcher) runWebhooks(ctx context.Context) {
 			delete(perConsumer, f.key.consumer)
 		}
 		n--
-		if !f.delivered {
+		if f.result == attemptGone {
+			// Nothing more goes to a consumer that is gone: drop what was
+			// fetched for it (the outbox keeps it).
+			kept := pending[:0]
+			for _, w := range pending {
+				if w.ConsumerID == f.key.consumer {
+					delete(queued, whKey{w.ConsumerID, w.Mailbox})
+					continue
+				}
+				kept = append(kept, w)
+			}
+			clear(pending[len(kept):])
+			pending = kept
+		}
+		if f.result != attemptDelivered {
 			return
 		}
-		acked[f.seq] = true
+		acked[f.seq] = f.id
 		if queued[f.key] {
 			return
 		}
@@ -171,8 +187,8 @@ func (d *Dispatcher) runWebhooks(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			for ; n > 0; n-- {
-				if f := <-finished; f.delivered {
-					acked[f.seq] = true
+				if f := <-finished; f.result == attemptDelivered {
+					acked[f.seq] = f.id
 				}
 			}
 			// A delivery that ended is recorded even now, so that it is
@@ -212,7 +228,10 @@ func (d *Dispatcher) runWebhooks(ctx context.Context) {
 			}
 			for _, w := range due {
 				k := whKey{w.ConsumerID, w.Mailbox}
-				if !inflight[k] && !queued[k] && !acked[w.Seq] {
+				if id, held := acked[w.Seq]; held && id == w.ID {
+					continue
+				}
+				if !inflight[k] && !queued[k] {
 					pending = append(pending, w)
 					queued[k] = true
 				}
@@ -221,7 +240,12 @@ func (d *Dispatcher) runWebhooks(ctx context.Context) {
 				refill = true // more may be due once these are started
 			}
 		}
-		// Start what the limits allow, in fetch order; the rest waits.
+		// Start what the limits allow, in fetch order; the rest waits. While
+		// acknowledgements cannot be recorded (the store is failing), start
+		// nothing more: they would only pile up (the timer retries).
+		if len(acked) >= maxHeldAcks {
+			limit = 0
+		}
 		kept := pending[:0]
 		for _, w := range pending {
 			k := whKey{w.ConsumerID, w.Mailbox}
@@ -234,7 +258,7 @@ func (d *Dispatcher) runWebhooks(ctx context.Context) {
 			perConsumer[k.consumer]++
 			n++
 			go func() {
-				finished <- whDone{k, w.Seq, d.attempt(ctx, cfg, w)}
+				finished <- whDone{k, w.Seq, w.ID, d.attempt(ctx, cfg, w)}
 			}()
 		}
 		clear(pending[len(kept):])
@@ -242,24 +266,37 @@ func (d *Dispatcher) runWebhooks(ctx context.Context) {
 	}
 }
 
-// whDone is an attempt's end: delivered means the consumer said 2xx.
+// whDone is an attempt's end.
 type whDone struct {
-	key       whKey
-	seq       int64
-	delivered bool
+	key    whKey
+	seq    int64
+	id     string
+	result attemptResult
 }
+
+// attemptResult is how an attempt ended.
+type attemptResult int
+
+const (
+	attemptFailed    attemptResult = iota // retried later, or shutdown
+	attemptDelivered                      // the consumer said 2xx
+	attemptGone                           // 410 Gone: the consumer was disabled
+)
+
+// maxHeldAcks bounds the acknowledgements held while their delete fails.
+const maxHeldAcks = 4 * webhookBatch
 
 // markDelivered deletes the acknowledged webhooks in one transaction and
 // forgets them. When that fails they stay in acked for the next call (and
 // out of the due lists meanwhile); a restart before that sends them again,
 // with the same webhook-id.
-func (d *Dispatcher) markDelivered(ctx context.Context, acked map[int64]bool) {
+func (d *Dispatcher) markDelivered(ctx context.Context, acked map[int64]string) {
 	if len(acked) == 0 {
 		return
 	}
-	seqs := make([]int64, 0, len(acked))
-	for seq := range acked {
-		seqs = append(seqs, seq)
+	seqs := make([]store.Ack, 0, len(acked))
+	for seq, id := range acked {
+		seqs = append(seqs, store.Ack{Seq: seq, ID: id})
 	}
 	if err := d.st.MarkDelivered(ctx, seqs...); err != nil {
 		if ctx.Err() == nil || errors.Is(ctx.Err(), context.DeadlineExceeded) {
@@ -271,20 +308,21 @@ func (d *Dispatcher) markDelivered(ctx context.Context, acked map[int64]bool) {
 }
 
 // attempt makes one delivery attempt and records a failure; it reports
-// whether the consumer acknowledged it (runWebhooks records that).
-func (d *Dispatcher) attempt(ctx context.Context, cfg *DeliveryConfig, w store.Webhook) bool {
+// how it ended (runWebhooks records a delivery).
+func (d *Dispatcher) attempt(ctx context.Context, cfg *DeliveryConfig, w store.Webhook) attemptResult {
 	now := d.now()
 	status, retryAfter, err := d.post(ctx, cfg, w, now)
 	if ctx.Err() != nil {
-		return false // shutdown: unknown outcome, sent again later with the same id
+		return attemptFailed // shutdown: unknown outcome, sent again later with the same id
 	}
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordTimeout)
 	defer cancel()
 	log := d.log.With("consumer", w.Consumer, "webhook_id", w.ID, "attempts", w.Attempts+1)
 	if err == nil && status >= 200 && status <= 299 {
 		d.m.attempts.WithLabelValues("ok").Inc()
-		return true
+		return attemptDelivered
 	}
+	result := attemptFailed
 	d.m.attempts.WithLabelValues("failed").Inc()
 	reason := fmt.Sprintf("status %d", status)
 	if err != nil {
@@ -294,11 +332,14 @@ func (d *Dispatcher) attempt(ctx context.Context, cfg *DeliveryConfig, w store.W
 		// RFC 9110 §15.5.11: the endpoint is gone, likely for good. Stop
 		// sending to it instead of retrying for max_age; its webhooks stay
 		// queued for when an admin enables it again (or deletes it).
+		// Only the consumer this attempt went to, and only if nobody
+		// enabled it (again) since the attempt started: ids are reused.
 		why := fmt.Sprintf("410 Gone from its URL at %s", now.UTC().Format(time.RFC3339))
-		if did, err := d.st.DisableConsumer(rctx, w.ConsumerID, why); err != nil {
+		if did, err := d.st.DisableConsumer(rctx, w.ConsumerID, w.URL, now, why); err != nil {
 			log.Error("consumer answered 410 Gone but could not be disabled", "err", err)
 		} else if did {
 			d.m.disabled.Inc()
+			result = attemptGone
 			log.Warn("consumer answered 410 Gone: disabled, its webhooks kept; enable it again with cyrus-sidecar consumer enable")
 		}
 	}
@@ -306,19 +347,19 @@ func (d *Dispatcher) attempt(ctx context.Context, cfg *DeliveryConfig, w store.W
 		id, dropped, err := d.st.ReplaceWebhookBacklog(rctx, w.ConsumerID, w.Mailbox, resyncBody(w.Payload, now))
 		if err != nil {
 			log.Error("webhook backlog not replaced", "err", err)
-			return false
+			return result
 		}
 		d.m.resyncs.Inc()
 		log.Warn("webhook undeliverable for max_age: backlog replaced by a resync", "reason", reason,
 			"dropped", dropped, "resync_id", id, "max_age", cfg.MaxAge.String())
-		return false
+		return result
 	}
 	next := now.Add(max(backoff(cfg, w.Attempts+1), min(retryAfter, cfg.RetryMax)))
 	log.Info("webhook attempt failed", "reason", reason, "next", next.UTC().Format(time.RFC3339))
-	if err := d.st.MarkFailed(rctx, w.Seq, next, reason); err != nil {
+	if err := d.st.MarkFailed(rctx, store.Ack{Seq: w.Seq, ID: w.ID}, next, reason); err != nil {
 		log.Error("webhook failure not recorded", "err", err)
 	}
-	return false
+	return result
 }
 
 // post sends w once and returns the status and any Retry-After.

@@ -3,6 +3,10 @@
 -- dispatcher stopped sending, or an admin disabled it. Its webhooks stay in
 -- the outbox until it is enabled again or deleted.
 ALTER TABLE consumers ADD COLUMN disabled_reason TEXT NOT NULL DEFAULT '';
+-- When it was last created or enabled (Unix ms): a 410 from an attempt that
+-- started before then is about an endpoint the admin has since set right
+-- (or about a deleted consumer whose id was given to this one).
+ALTER TABLE consumers ADD COLUMN enabled_at INTEGER NOT NULL DEFAULT 0;
 -- Secret rotation (consumer rotate): the previous secret still signs, next
 -- to the new one, until old_secret_until (Unix seconds), so the receiver can
 -- switch its key at any moment within that time (Standard Webhooks: several
