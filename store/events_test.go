@@ -464,3 +464,34 @@ func TestAckAfterSeqReuse(t *testing.T) {
 		t.Errorf("b's webhook was deleted by a's stale acknowledgement: due %v", due)
 	}
 }
+
+// TestMailboxStates: the reconciler's bookkeeping round trip, the
+// subscription state included, replaced whole per account.
+func TestMailboxStates(t *testing.T) {
+	ctx := t.Context()
+	st := eventsStore(t)
+	want := []MailboxState{
+		{Mailbox: "INBOX", MailboxID: "i1", UIDValidity: 7, UIDNext: 5, Messages: 4, Unseen: 1, HighestModseq: 1 << 40, Subscribed: 2},
+		{Mailbox: "INBOX/Müll", UIDValidity: 8, UIDNext: 1, Subscribed: 1},
+		{Mailbox: "INBOX/Old", UIDValidity: 9},
+	}
+	if err := st.SetMailboxStates(ctx, "alice@example.com", want); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.SetMailboxStates(ctx, "bob@example.com", want[:1]); err != nil {
+		t.Fatal(err)
+	}
+	got, err := st.MailboxStates(ctx, "alice@example.com")
+	if err != nil || !slices.Equal(got, want) {
+		t.Errorf("MailboxStates = %+v, %v; want %+v", got, err, want)
+	}
+	if err := st.SetMailboxStates(ctx, "alice@example.com", want[2:]); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := st.MailboxStates(ctx, "alice@example.com"); !slices.Equal(got, want[2:]) {
+		t.Errorf("after replacing: %+v", got)
+	}
+	if got, _ := st.MailboxStates(ctx, "bob@example.com"); len(got) != 1 {
+		t.Errorf("another account's states changed: %+v", got)
+	}
+}

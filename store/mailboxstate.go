@@ -17,12 +17,14 @@ type MailboxState struct {
 	Messages      uint32
 	Unseen        uint32
 	HighestModseq uint64
+	// Subscribed: 0 unknown, 1 not subscribed, 2 subscribed.
+	Subscribed uint8
 }
 
 // MailboxStates returns account's recorded mailboxes by name; none for an
 // account never reconciled.
 func (s *Store) MailboxStates(ctx context.Context, account string) ([]MailboxState, error) {
-	rows, err := s.r.QueryContext(ctx, `SELECT mailbox, mailbox_id, uidvalidity, uidnext, messages, unseen, highestmodseq
+	rows, err := s.r.QueryContext(ctx, `SELECT mailbox, mailbox_id, uidvalidity, uidnext, messages, unseen, highestmodseq, subscribed
 		FROM mailbox_state WHERE account = ? ORDER BY mailbox`, account)
 	if err != nil {
 		return nil, fmt.Errorf("mailbox states of %s: %w", account, err)
@@ -32,7 +34,7 @@ func (s *Store) MailboxStates(ctx context.Context, account string) ([]MailboxSta
 	for rows.Next() {
 		var m MailboxState
 		var modseq int64
-		if err := rows.Scan(&m.Mailbox, &m.MailboxID, &m.UIDValidity, &m.UIDNext, &m.Messages, &m.Unseen, &modseq); err != nil {
+		if err := rows.Scan(&m.Mailbox, &m.MailboxID, &m.UIDValidity, &m.UIDNext, &m.Messages, &m.Unseen, &modseq, &m.Subscribed); err != nil {
 			return nil, fmt.Errorf("mailbox states of %s: %w", account, err)
 		}
 		m.HighestModseq = uint64(modseq)
@@ -55,15 +57,15 @@ func (s *Store) SetMailboxStates(ctx context.Context, account string, states []M
 			return err
 		}
 		st, err := tx.PrepareContext(ctx, `INSERT INTO mailbox_state
-			(account, mailbox, mailbox_id, uidvalidity, uidnext, messages, unseen, highestmodseq)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?)`)
+			(account, mailbox, mailbox_id, uidvalidity, uidnext, messages, unseen, highestmodseq, subscribed)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`)
 		if err != nil {
 			return err
 		}
 		defer st.Close()
 		for _, m := range states {
 			if _, err := st.ExecContext(ctx, account, m.Mailbox, m.MailboxID, m.UIDValidity, m.UIDNext,
-				m.Messages, m.Unseen, int64(m.HighestModseq)); err != nil {
+				m.Messages, m.Unseen, int64(m.HighestModseq), m.Subscribed); err != nil {
 				return err
 			}
 		}

@@ -27,6 +27,12 @@ package events
 // can see are skipped: their readers are decided by ACLs, and a gap in
 // them is closed only for their owner (other users' folders, in the
 // owner's pass) or not at all (shared folders, which have no owner).
+//
+// Subscriptions. With LIST-EXTENDED the listing also says which mailboxes
+// the account subscribed to (RETURN (SUBSCRIBED), RFC 5258 §3.2); a change
+// between two passes is a lost MailboxSubscribe/MailboxUnSubscribe and is
+// reported as mailbox.subscription. A state first seen (or no longer said)
+// is taken in silently.
 
 import (
 	"container/heap"
@@ -117,7 +123,17 @@ type ReconcileState struct {
 	Messages      uint32
 	Unseen        uint32
 	HighestModseq uint64
+	// Subscribed is one of subUnknown, subNo, subYes.
+	Subscribed uint8
 }
+
+// ReconcileState.Subscribed: whether the account had the mailbox
+// subscribed (RFC 5258 \Subscribed), when the server said.
+const (
+	subUnknown uint8 = iota // rows from before the column, or no LIST-EXTENDED
+	subNo
+	subYes
+)
 
 // StateStore is the part of the store the reconciler uses.
 type StateStore interface {

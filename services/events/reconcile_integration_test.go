@@ -230,6 +230,25 @@ func TestReconcileCyrus(t *testing.T) {
 		t.Fatalf("pass after reporting: %s", rcKinds(evs))
 	}
 
+	// A subscription change whose event was lost (no event_notifier in
+	// this lab): reported once, with its direction.
+	for _, c := range []struct {
+		cmd string
+		on  bool
+	}{{"SUBSCRIBE INBOX/Projects", true}, {"UNSUBSCRIBE INBOX/Projects", false}} {
+		rcUserIMAP(t, l.cy, "alice", c.cmd)
+		byAccount := l.passAll(t)
+		if got := rcKinds(byAccount); got != "alice@example.com mailbox.subscription INBOX/Projects" {
+			t.Fatalf("after %s:\n%s", c.cmd, got)
+		}
+		if e := byAccount["alice@example.com"][0]; e.Subscribed == nil || *e.Subscribed != c.on || e.MailboxID == "" {
+			t.Errorf("after %s: %+v", c.cmd, e)
+		}
+	}
+	if evs := l.passAll(t); len(evs) != 0 {
+		t.Fatalf("pass after the subscriptions: %s", rcKinds(evs))
+	}
+
 	// Time per user pass: login, NAMESPACE, LIST-STATUS, LOGOUT.
 	const n = 50
 	start = time.Now()

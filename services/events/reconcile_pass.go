@@ -98,7 +98,7 @@ func (r *Reconciler) listIMAP(ctx context.Context, cfg *ReconcileConfig, account
 			return rcListing{}, err
 		}
 	}
-	opt := imap.ListOptions{Pattern: "*", Status: rcStatusItems}
+	opt := imap.ListOptions{Pattern: "*", Status: rcStatusItems, Subscribed: slices.Contains(caps, "LIST-EXTENDED")}
 	if slices.Contains(caps, "LIST-METADATA") {
 		opt.Metadata = []string{imap.UniqueIDEntry}
 	}
@@ -117,10 +117,17 @@ func (r *Reconciler) listIMAP(ctx context.Context, cfg *ReconcileConfig, account
 			continue
 		}
 		s := m.Status
+		sub := subUnknown
+		if opt.Subscribed {
+			sub = subNo
+			if m.HasAttr(`\Subscribed`) {
+				sub = subYes
+			}
+		}
 		l.states = append(l.states, ReconcileState{
 			Mailbox: m.Name, MailboxID: m.Metadata[imap.UniqueIDEntry],
 			UIDValidity: s.UIDValidity, UIDNext: s.UIDNext, Messages: s.Messages,
-			Unseen: s.Unseen, HighestModseq: s.HighestModseq,
+			Unseen: s.Unseen, HighestModseq: s.HighestModseq, Subscribed: sub,
 		})
 	}
 	return l, nil
@@ -205,6 +212,15 @@ func rcDiff(account string, prev []ReconcileState, cur rcListing, now time.Time)
 					ev.FromModseq = p.HighestModseq
 				}
 				evs = append(evs, ev)
+			}
+			// A lost MailboxSubscribe or MailboxUnSubscribe: only between
+			// two known states (unknown ones are adopted silently).
+			if p.Subscribed != subUnknown && c.Subscribed != subUnknown && p.Subscribed != c.Subscribed {
+				on := c.Subscribed == subYes
+				evs = append(evs, Event{
+					Type: TypeMailboxSubscription, Account: account, Mailbox: c.Mailbox, MailboxID: c.MailboxID,
+					Subscribed: &on, Time: now, CyrusEvent: CyrusEventReconcile, Readers: []string{account},
+				})
 			}
 		}
 	}

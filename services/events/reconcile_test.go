@@ -19,6 +19,12 @@ func rcState(name, id string, uv, next, msgs, unseen uint32, modseq uint64) Reco
 	return ReconcileState{Mailbox: name, MailboxID: id, UIDValidity: uv, UIDNext: next, Messages: msgs, Unseen: unseen, HighestModseq: modseq}
 }
 
+// withSub is s with its subscription state.
+func withSub(s ReconcileState, sub uint8) ReconcileState {
+	s.Subscribed = sub
+	return s
+}
+
 // rcSummary renders the parts of events a test checks.
 func rcSummary(evs []Event) string {
 	var b strings.Builder
@@ -29,6 +35,9 @@ func rcSummary(evs []Event) string {
 		}
 		if e.Type == TypeMailboxChanged {
 			b.WriteString(" " + strconv.FormatUint(e.FromModseq, 10) + "->" + strconv.FormatUint(e.Modseq, 10))
+		}
+		if e.Subscribed != nil {
+			b.WriteString(" subscribed=" + strconv.FormatBool(*e.Subscribed))
 		}
 		b.WriteString("; ")
 	}
@@ -65,6 +74,14 @@ func TestReconcileDiff(t *testing.T) {
 		{"id learnt later", []ReconcileState{rcState("INBOX", "", 7, 5, 4, 1, 10)}, rcListing{states: []ReconcileState{inbox}}, "", 1},
 		{"no status kept", []ReconcileState{inbox, proj}, rcListing{states: []ReconcileState{inbox}, unknown: []string{"INBOX/Projects"}}, "", 2},
 		{"all gone", []ReconcileState{inbox}, rcListing{}, "mailbox.deleted INBOX; ", 0},
+		// Subscriptions: a change between two known states is reported.
+		{"subscribed", []ReconcileState{withSub(inbox, subNo)}, rcListing{states: []ReconcileState{withSub(inbox, subYes)}},
+			"mailbox.subscription INBOX subscribed=true; ", 1},
+		{"unsubscribed and changed", []ReconcileState{withSub(proj, subYes)}, rcListing{states: []ReconcileState{withSub(rcState("INBOX/Projects", "p1", 7, 2, 1, 1, 2), subNo)}},
+			"mailbox.changed INBOX/Projects 1->2; mailbox.subscription INBOX/Projects subscribed=false; ", 1},
+		{"subscription first known", []ReconcileState{inbox}, rcListing{states: []ReconcileState{withSub(inbox, subYes)}}, "", 1},
+		{"subscription no longer said", []ReconcileState{withSub(inbox, subYes)}, rcListing{states: []ReconcileState{inbox}}, "", 1},
+		{"subscription unchanged", []ReconcileState{withSub(inbox, subYes)}, rcListing{states: []ReconcileState{withSub(inbox, subYes)}}, "", 1},
 	}
 	now := time.Date(2026, 11, 22, 0, 0, 0, 0, time.UTC)
 	for _, tt := range tests {
@@ -80,7 +97,7 @@ func TestReconcileDiff(t *testing.T) {
 				if e.Account != "alice@example.com" || e.CyrusEvent != CyrusEventReconcile || len(e.Readers) != 1 || e.Readers[0] != e.Account || !e.Time.Equal(now) {
 					t.Errorf("event %+v", e)
 				}
-				if e.Type != TypeMailboxDeleted && (e.Messages == nil || e.Unseen == nil || e.UIDNext == 0) {
+				if e.Type != TypeMailboxDeleted && e.Type != TypeMailboxSubscription && (e.Messages == nil || e.Unseen == nil || e.UIDNext == 0) {
 					t.Errorf("event without counts: %+v", e)
 				}
 			}

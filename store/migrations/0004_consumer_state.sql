@@ -13,3 +13,8 @@ ALTER TABLE consumers ADD COLUMN enabled_at INTEGER NOT NULL DEFAULT 0;
 -- space-separated signatures, any one of which may match).
 ALTER TABLE consumers ADD COLUMN old_secret TEXT NOT NULL DEFAULT '';
 ALTER TABLE consumers ADD COLUMN old_secret_until INTEGER NOT NULL DEFAULT 0;
+-- Whether the account had the mailbox subscribed when the events reconciler
+-- last looked: 0 unknown (rows from before this column, or a server that
+-- did not say), 1 not subscribed, 2 subscribed. It reports a change between
+-- two known values as mailbox.subscription (a lost MailboxSubscribe).
+ALTER TABLE mailbox_state ADD COLUMN subscribed INTEGER NOT NULL DEFAULT 0;

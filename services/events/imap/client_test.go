@@ -278,3 +278,29 @@ func TestTooManyResponses(t *testing.T) {
 		t.Fatalf("err = %v; want errTooLong", err)
 	}
 }
+
+// TestListSubscribed: RETURN (SUBSCRIBED ...) as RFC 5258 §3.2 spells it,
+// and the \Subscribed attribute read back, Cyrus 3.6's answer shape.
+func TestListSubscribed(t *testing.T) {
+	f, conn := startFake(t, cyrusGreeting, func(tag, cmd string) string {
+		if strings.HasPrefix(cmd, "LIST ") {
+			return `* LIST (\HasNoChildren \Subscribed) "/" INBOX` + "\r\n" +
+				`* STATUS INBOX (MESSAGES 2)` + "\r\n" +
+				`* LIST (\HasNoChildren) "/" INBOX/Trash` + "\r\n" +
+				`* STATUS INBOX/Trash (MESSAGES 0)` + "\r\n" +
+				tag + " OK Completed\r\n"
+		}
+		return tag + " BAD unexpected\r\n"
+	})
+	c, err := NewClient(t.Context(), conn, Options{Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	boxes, err := c.List(t.Context(), ListOptions{Pattern: "*", Status: StatusMessages, Subscribed: true})
+	if err != nil || len(boxes) != 2 || !boxes[0].HasAttr(`\subscribed`) || boxes[1].HasAttr(`\Subscribed`) || boxes[0].Status == nil {
+		t.Fatalf("List = %+v, %v", boxes, err)
+	}
+	if sent := f.got(); len(sent) != 1 || sent[0] != `s1 LIST "" "*" RETURN (SUBSCRIBED STATUS (MESSAGES))` {
+		t.Errorf("client sent %q", sent)
+	}
+}

@@ -84,6 +84,10 @@ type ListOptions struct {
 	// Metadata asks for these entries with each mailbox (RETURN
 	// (METADATA ...), LIST-METADATA; needs that capability).
 	Metadata []string
+	// Subscribed asks for the \Subscribed attribute on each mailbox the
+	// user subscribed to (RETURN (SUBSCRIBED), RFC 5258 §3.2; needs
+	// LIST-EXTENDED).
+	Subscribed bool
 }
 
 // List runs LIST (RFC 3501 §6.3.8) with the RETURN options of RFC 5258
@@ -100,6 +104,9 @@ func (c *Client) List(ctx context.Context, opt ListOptions) ([]Mailbox, error) {
 	}
 	cmd := "LIST " + ref + " " + pat
 	var ret []string
+	if opt.Subscribed {
+		ret = append(ret, "SUBSCRIBED")
+	}
 	if opt.Status != 0 {
 		var items []string
 		for _, s := range statusNames {
