@@ -3,6 +3,7 @@ package store
 import (
 	"os"
 	"runtime/debug"
+	"sync"
 	"sync/atomic"
 	"unsafe"
 
@@ -27,20 +28,46 @@ const walHeaderLen = 48
 // connection is open: SQLite truncates -shm only when it is the sole user
 // (its DMS lock). Should it happen anyway, the fault is caught
 // (debug.SetPanicOnFault) and the watch falls back to asking SQLite.
+//
+// The descriptor the mapping is made from is never closed. POSIX record
+// locks belong to the process, and closing any descriptor of a file drops
+// every lock the process holds on it (fcntl(2)): closing ours dropped
+// SQLite's DMS lock on -shm, so the next process to open the store believed
+// itself alone, truncated -shm, and this process's connections faulted on
+// their wal-index mapping (SQLITE_IOERR_IN_PAGE, seen under load). SQLite
+// itself defers such closes for the same reason (unixInodeInfo). One
+// descriptor per -shm file is kept for the life of the process.
 type shmWatch struct {
 	mem    []byte
 	broken atomic.Bool
 }
 
+// shmFiles are the -shm descriptors opened so far, by device and inode.
+var shmFiles struct {
+	sync.Mutex
+	m map[[2]uint64]*os.File
+}
+
 func openSHM(path string) *shmWatch {
-	f, err := os.Open(path)
-	if err != nil {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil || st.Size < walHeaderLen {
 		return nil
 	}
-	defer f.Close() // the mapping outlives the descriptor
-	fi, err := f.Stat()
-	if err != nil || fi.Size() < walHeaderLen {
-		return nil
+	key := [2]uint64{uint64(st.Dev), st.Ino}
+	shmFiles.Lock()
+	defer shmFiles.Unlock()
+	f := shmFiles.m[key]
+	if f == nil {
+		var err error
+		if f, err = os.Open(path); err != nil {
+			return nil
+		}
+		// Kept even when path now names another file than the one stat
+		// saw: closing it would drop this process's locks on that one.
+		if shmFiles.m == nil {
+			shmFiles.m = map[[2]uint64]*os.File{}
+		}
+		shmFiles.m[key] = f
 	}
 	mem, err := unix.Mmap(int(f.Fd()), 0, walHeaderLen, unix.PROT_READ, unix.MAP_SHARED)
 	if err != nil {
