@@ -171,8 +171,9 @@ func (h benchHash) measured(clients int) float64 {
 
 // benchCaseResult is one case: each target's numbers and the hash cost.
 type benchCaseResult struct {
-	res  map[string]benchResult
-	hash benchHash
+	res    map[string]benchResult
+	hash   benchHash
+	rounds map[string][]float64 // each target's req/s in each round
 }
 
 // benchCase measures ld.clients concurrent clients per target, each making
@@ -200,11 +201,15 @@ func benchCase(b *testing.B, targets []*benchTarget, req []byte, ld benchLoad, p
 	// A server waiting for its turn uses no CPU, so one window per target
 	// around all rounds counts only its own slices.
 	busy := make([]time.Duration, len(targets))
+	rounds := make(map[string][]float64, len(targets)) // req/s per round
 	var single, parallel benchHashTurns
 	b.StartTimer()
 	for range max(1, int(per/benchTurn)) {
 		for i, tg := range targets {
-			busy[i] += benchSlice(b, tg, pools[i], req, benchTurn, false)
+			n0 := benchCount(pools[i])
+			took := benchSlice(b, tg, pools[i], req, benchTurn, false)
+			busy[i] += took
+			rounds[tg.name] = append(rounds[tg.name], float64(benchCount(pools[i])-n0)/took.Seconds())
 		}
 		single.add(benchHashSlice(b, 1, benchTurn/2))
 		parallel.add(benchHashSlice(b, runtime.NumCPU(), benchTurn/2))
@@ -245,7 +250,37 @@ func benchCase(b *testing.B, targets []*benchTarget, req []byte, ld benchLoad, p
 	b.ReportMetric(hash.verify.Seconds()*1e6, "sha512crypt-verify-µs")
 	b.ReportMetric(hash.parallel, "sha512crypt-parallel-verifies/s")
 	b.ReportMetric(0, "ns/op") // one op is the whole case: meaningless
-	return benchCaseResult{res: res, hash: hash}
+	return benchCaseResult{res: res, hash: hash, rounds: rounds}
+}
+
+// benchCount is how many requests a pool has made.
+func benchCount(pool []*benchClient) int {
+	n := 0
+	for _, c := range pool {
+		n += len(c.lat)
+	}
+	return n
+}
+
+// roundRatio is the median over the rounds of a's rate over z's in the
+// same round: adjacent slices share the outside load of their moment,
+// which the whole-run rates average away less well.
+func (c benchCaseResult) roundRatio(a, z string) float64 {
+	ra, rz := c.rounds[a], c.rounds[z]
+	var rs []float64
+	for i := range min(len(ra), len(rz)) {
+		if rz[i] > 0 {
+			rs = append(rs, ra[i]/rz[i])
+		}
+	}
+	if len(rs) == 0 {
+		return 0
+	}
+	slices.Sort(rs)
+	if len(rs)%2 == 1 {
+		return rs[len(rs)/2]
+	}
+	return (rs[len(rs)/2-1] + rs[len(rs)/2]) / 2
 }
 
 // benchMemory runs tg alone with benchRSSClients clients for per (after a
@@ -368,6 +403,18 @@ func benchSummary(b *testing.B, all map[benchLoad]benchCaseResult, rss benchResu
 		func(res map[string]benchResult, _ benchHash, _ benchLoad) float64 {
 			return res["ours-sha"].rate / res["noop-sha"].rate
 		}))
+	// The same ratios as medians of per-round ratios (references).
+	byRound := func(a, z string) string {
+		var parts []string
+		for _, ld := range benchLoads {
+			if c, ok := all[ld]; ok {
+				parts = append(parts, fmt.Sprintf("%v %.2f", ld, c.roundRatio(a, z)))
+			}
+		}
+		return strings.Join(parts, "; ")
+	}
+	b.Logf("%-14s of noop, median of per-round ratios (reference): %s", "ours-hit", byRound("ours-hit", "noop"))
+	b.Logf("%-14s of noop-sha, median of per-round ratios (reference): %s", "ours-sha", byRound("ours-sha", "noop-sha"))
 	var at64 []benchLoad
 	for _, ld := range benchLoads {
 		if ld.clients == 64 {
