@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // Login results recorded in the audit.
@@ -111,7 +112,8 @@ func (s *Store) LoginsWhere(ctx context.Context, f LoginFilter) ([]LoginEvent, e
 	}
 	if f.Client != "" {
 		where = append(where, `(client = ? OR substr(client, 1, ?) = ?)`)
-		args = append(args, f.Client, len(f.Client)+1, f.Client+";")
+		// substr counts characters, not bytes.
+		args = append(args, f.Client, utf8.RuneCountInString(f.Client)+1, f.Client+";")
 	}
 	if !f.Since.IsZero() {
 		add("at >= ?", f.Since.Unix())

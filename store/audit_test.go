@@ -76,6 +76,9 @@ func TestLoginsWhere(t *testing.T) {
 		if i%4 == 0 {
 			e.Result, e.Reason = ResultFail, "wrong password"
 		}
+		if i == 7 {
+			e.Client = "ünï;7" // what a client claims is kept as it came
+		}
 		es = append(es, e)
 	}
 	if err := st.RecordLogins(ctx, es); err != nil {
@@ -108,4 +111,5 @@ func TestLoginsWhere(t *testing.T) {
 	want(LoginFilter{Since: since, Result: ResultOK, Limit: 3}, func(e LoginEvent) bool { return !e.At.Before(since) && e.Result == ResultOK })
 	want(LoginFilter{Login: "nobody@example.com"}, func(LoginEvent) bool { return false })
 	want(LoginFilter{Client: "192.0.2.1"}, func(e LoginEvent) bool { return e.Client == "192.0.2.1" })
+	want(LoginFilter{Client: "ünï"}, func(e LoginEvent) bool { return e.Client == "ünï;7" })
 }

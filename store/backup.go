@@ -164,10 +164,17 @@ const staleTempAge = time.Hour
 // removeStaleTemps deletes the temporary copies killed backups to name left
 // in dir: they hold password hashes like the store.
 func removeStaleTemps(dir, name string) {
-	olds, _ := filepath.Glob(filepath.Join(dir, "."+name+".tmp-*"))
-	for _, p := range olds {
-		if fi, err := os.Lstat(p); err == nil && fi.Mode().IsRegular() && time.Since(fi.ModTime()) > staleTempAge {
-			os.Remove(p)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	prefix := "." + name + ".tmp-"
+	for _, e := range ents {
+		if !strings.HasPrefix(e.Name(), prefix) || !e.Type().IsRegular() {
+			continue
+		}
+		if fi, err := e.Info(); err == nil && time.Since(fi.ModTime()) > staleTempAge {
+			os.Remove(filepath.Join(dir, e.Name()))
 		}
 	}
 }

@@ -141,16 +141,27 @@ func TestBackup(t *testing.T) {
 	if _, err := st.Backup(ctx, filepath.Join(dir, "50%.db"), false); err == nil {
 		t.Errorf("a '%%' in the name: no error")
 	}
+	if _, err := Open(ctx, filepath.Join(dir, "%41.db"), Options{}); err == nil {
+		t.Errorf("a store path with '%%': no error")
+	}
 	// A killed backup's temporary copy goes on the next run, once old.
 	stale := filepath.Join(dir, ".daily.db.tmp-123")
 	fresh := filepath.Join(dir, ".daily.db.tmp-456")
-	for _, p := range []string{stale, fresh} {
+	other := filepath.Join(dir, ".dai*.db.tmp-789") // another name's, matched by a glob of "dai*"
+	for _, p := range []string{stale, fresh, other} {
 		if err := os.WriteFile(p, []byte("hashes"), 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
 	old := time.Now().Add(-2 * time.Hour)
 	os.Chtimes(stale, old, old)
+	os.Chtimes(other, old, old)
+	if _, err := st.Backup(ctx, filepath.Join(dir, "dai*.db"), false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(stale); err != nil {
+		t.Errorf("a backup named dai*.db removed daily.db's temporary copy: %v", err)
+	}
 	if _, err := st.Backup(ctx, filepath.Join(dir, "daily.db"), false); err != nil {
 		t.Fatal(err)
 	}

@@ -81,8 +81,10 @@ type Store struct {
 // Open opens (creating if needed) the store at path and brings its schema up
 // to date.
 func Open(ctx context.Context, path string, opt Options) (*Store, error) {
-	if strings.ContainsAny(path, "?#") {
-		return nil, fmt.Errorf("open store %s: path must not contain '?' or '#'", path)
+	// The path goes into a file: URI, where these have meanings ("%41"
+	// would open "A").
+	if strings.ContainsAny(path, "?#%") {
+		return nil, fmt.Errorf("open store %s: path must not contain '?', '#' or '%%'", path)
 	}
 	if opt.MaxReaders <= 0 {
 		opt.MaxReaders = 4

@@ -213,6 +213,10 @@ func (d *Dispatcher) runWebhooks(ctx context.Context) {
 		case <-timer.C:
 			refill = true
 			timer.Reset(d.config().Poll)
+			// Acknowledgements whose delete failed are retried here too:
+			// with maxHeldAcks reached nothing else ends to trigger it, and
+			// the queue may stay non-empty (successors are only read).
+			d.markDelivered(ctx, acked)
 		}
 		cfg := d.config()
 		limit := min(cfg.WebhookConcurrency, cap(finished))
@@ -242,7 +246,7 @@ func (d *Dispatcher) runWebhooks(ctx context.Context) {
 		}
 		// Start what the limits allow, in fetch order; the rest waits. While
 		// acknowledgements cannot be recorded (the store is failing), start
-		// nothing more: they would only pile up (the timer retries).
+		// nothing more: they would only pile up (each poll retries them).
 		if len(acked) >= maxHeldAcks {
 			limit = 0
 		}

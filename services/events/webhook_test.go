@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -662,5 +663,61 @@ func TestWebhookRotation(t *testing.T) {
 		if err := Verify(key, r.header, r.body, time.Now(), DefaultTolerance); err == nil {
 			t.Errorf("the %s secret still verifies after a rotation without grace", name)
 		}
+	}
+}
+
+// downAcks is a store whose MarkDelivered fails while down is set.
+type downAcks struct {
+	*store.Store
+	down atomic.Bool
+}
+
+func (f *downAcks) MarkDelivered(ctx context.Context, acks ...store.Ack) error {
+	if f.down.Load() {
+		return errors.New("disk I/O error (test)")
+	}
+	return f.Store.MarkDelivered(ctx, acks...)
+}
+
+// TestWebhookAcksHeldThenRecorded: while deletes fail, deliveries stop once
+// maxHeldAcks acknowledgements are held; when the store recovers, the poll
+// records them and delivery resumes until the outbox is empty, without a
+// webhook sent twice.
+func TestWebhookAcksHeldThenRecorded(t *testing.T) {
+	e := newDeliveryEnv(t, func(c *DeliveryConfig) { c.WebhookConcurrency, c.WebhookPerConsumer = 16, 16 })
+	fl := &downAcks{Store: e.st}
+	fl.down.Store(true)
+	e.d = NewDispatcher(*e.d.config(), fl, e.d.log)
+	ep := &hookEndpoint{}
+	srv := httptest.NewServer(ep)
+	defer srv.Close()
+	e.consumer(t, "groupware", srv.URL, "", "example.com")
+	var evs []Event
+	for i := range 600 {
+		x := testEvent(TypeMessageAdded, "alice@example.com", fmt.Sprint("box", i%60), "alice@example.com")
+		x.UIDs = fmt.Sprint(i / 60)
+		evs = append(evs, x)
+	}
+	if err := e.d.Publish(t.Context(), evs); err != nil {
+		t.Fatal(err)
+	}
+	e.run(t)
+	waitDelivery(t, "the held acknowledgements' bound reached", func() bool { return len(ep.requests()) >= maxHeldAcks })
+	time.Sleep(100 * time.Millisecond) // several polls
+	if n := len(ep.requests()); n > maxHeldAcks+16 {
+		t.Errorf("%d webhooks sent while none could be recorded; want at most %d", n, maxHeldAcks+16)
+	}
+	fl.down.Store(false)
+	waitDelivery(t, "the outbox empty after the store recovered", func() bool { return e.pending(t) == 0 })
+	ids := map[string]bool{}
+	for _, r := range ep.requests() {
+		if id := r.header.Get(HeaderID); ids[id] {
+			t.Errorf("webhook %s sent twice", id)
+		} else {
+			ids[id] = true
+		}
+	}
+	if len(ids) != 600 {
+		t.Errorf("%d distinct webhooks, want 600", len(ids))
 	}
 }
