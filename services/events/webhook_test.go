@@ -456,53 +456,55 @@ func TestDeliveryConfigValidate(t *testing.T) {
 	}
 }
 
-// flakyAcks is a store whose first failures MarkDelivered calls fail.
-type flakyAcks struct {
+// failingAcks is a store whose MarkDelivered fails while fail says so;
+// it records how many acknowledgements each call that went through had.
+type failingAcks struct {
 	*store.Store
-	mu       sync.Mutex
-	failures int
-	calls    []int // seqs per call that reached the store
+	mu    sync.Mutex
+	fail  func() bool // under mu
+	calls []int
 }
 
-func (f *flakyAcks) MarkDelivered(ctx context.Context, seqs ...store.Ack) error {
+func (f *failingAcks) MarkDelivered(ctx context.Context, acks ...store.Ack) error {
 	f.mu.Lock()
-	fail := f.failures > 0
-	if fail {
-		f.failures--
-	} else {
-		f.calls = append(f.calls, len(seqs))
+	fail := f.fail()
+	if !fail {
+		f.calls = append(f.calls, len(acks))
 	}
 	f.mu.Unlock()
 	if fail {
 		return errors.New("disk I/O error (test)")
 	}
-	return f.Store.MarkDelivered(ctx, seqs...)
+	return f.Store.MarkDelivered(ctx, acks...)
 }
 
-// TestWebhookAcksBatched: acknowledgements are deleted together, several
-// per transaction when deliveries end together; while deleting them fails,
-// no webhook is sent twice and each mailbox stays in order, and once the
-// store recovers the outbox empties.
-func TestWebhookAcksBatched(t *testing.T) {
-	e := newDeliveryEnv(t, func(c *DeliveryConfig) { c.WebhookConcurrency, c.WebhookPerConsumer = 16, 16 })
-	fl := &flakyAcks{Store: e.st, failures: 3}
-	e.d = NewDispatcher(*e.d.config(), fl, e.d.log)
+// ackEnv runs a dispatcher over st with 16 attempts at once, a consumer
+// that answers 200, and n webhooks published over boxes mailboxes of alice
+// (UIDs 0, 1, ... per mailbox, in order).
+func ackEnv(t *testing.T, e *deliveryEnv, st Store, n, boxes int) *hookEndpoint {
+	t.Helper()
+	e.d = NewDispatcher(*e.d.config(), st, e.d.log)
 	ep := &hookEndpoint{}
 	srv := httptest.NewServer(ep)
-	defer srv.Close()
+	t.Cleanup(srv.Close)
 	e.consumer(t, "groupware", srv.URL, "", "example.com")
 	var evs []Event
-	for i := range 60 {
-		x := testEvent(TypeMessageAdded, "alice@example.com", fmt.Sprint("box", i%6), "alice@example.com")
-		x.UIDs = fmt.Sprint(i / 6)
+	for i := range n {
+		x := testEvent(TypeMessageAdded, "alice@example.com", fmt.Sprint("box", i%boxes), "alice@example.com")
+		x.UIDs = fmt.Sprint(i / boxes)
 		evs = append(evs, x)
 	}
 	if err := e.d.Publish(t.Context(), evs); err != nil {
 		t.Fatal(err)
 	}
 	e.run(t)
-	waitDelivery(t, "every webhook delivered and recorded", func() bool { return e.pending(t) == 0 })
-	got := ep.requests()
+	return ep
+}
+
+// onceEach fails the test for a webhook-id seen twice and returns the
+// UIDs each mailbox got, in order.
+func onceEach(t *testing.T, got []hookRequest) map[string][]string {
+	t.Helper()
 	ids := map[string]bool{}
 	order := map[string][]string{}
 	for _, r := range got {
@@ -513,6 +515,21 @@ func TestWebhookAcksBatched(t *testing.T) {
 		}
 		order[r.ev.Mailbox] = append(order[r.ev.Mailbox], r.ev.UIDs)
 	}
+	return order
+}
+
+// TestWebhookAcksBatched: acknowledgements are deleted together, several
+// per transaction when deliveries end together; while deleting them fails,
+// no webhook is sent twice and each mailbox stays in order, and once the
+// store recovers the outbox empties.
+func TestWebhookAcksBatched(t *testing.T) {
+	e := newDeliveryEnv(t, func(c *DeliveryConfig) { c.WebhookConcurrency, c.WebhookPerConsumer = 16, 16 })
+	failures := 3
+	fl := &failingAcks{Store: e.st, fail: func() bool { failures--; return failures >= 0 }}
+	ep := ackEnv(t, e, fl, 60, 6)
+	waitDelivery(t, "every webhook delivered and recorded", func() bool { return e.pending(t) == 0 })
+	got := ep.requests()
+	order := onceEach(t, got)
 	if len(got) != 60 {
 		t.Errorf("%d requests, want 60", len(got))
 	}
@@ -666,58 +683,25 @@ func TestWebhookRotation(t *testing.T) {
 	}
 }
 
-// downAcks is a store whose MarkDelivered fails while down is set.
-type downAcks struct {
-	*store.Store
-	down atomic.Bool
-}
-
-func (f *downAcks) MarkDelivered(ctx context.Context, acks ...store.Ack) error {
-	if f.down.Load() {
-		return errors.New("disk I/O error (test)")
-	}
-	return f.Store.MarkDelivered(ctx, acks...)
-}
-
 // TestWebhookAcksHeldThenRecorded: while deletes fail, deliveries stop once
 // maxHeldAcks acknowledgements are held; when the store recovers, the poll
 // records them and delivery resumes until the outbox is empty, without a
 // webhook sent twice.
 func TestWebhookAcksHeldThenRecorded(t *testing.T) {
 	e := newDeliveryEnv(t, func(c *DeliveryConfig) { c.WebhookConcurrency, c.WebhookPerConsumer = 16, 16 })
-	fl := &downAcks{Store: e.st}
-	fl.down.Store(true)
-	e.d = NewDispatcher(*e.d.config(), fl, e.d.log)
-	ep := &hookEndpoint{}
-	srv := httptest.NewServer(ep)
-	defer srv.Close()
-	e.consumer(t, "groupware", srv.URL, "", "example.com")
-	var evs []Event
-	for i := range 600 {
-		x := testEvent(TypeMessageAdded, "alice@example.com", fmt.Sprint("box", i%60), "alice@example.com")
-		x.UIDs = fmt.Sprint(i / 60)
-		evs = append(evs, x)
-	}
-	if err := e.d.Publish(t.Context(), evs); err != nil {
-		t.Fatal(err)
-	}
-	e.run(t)
+	var down atomic.Bool
+	down.Store(true)
+	ep := ackEnv(t, e, &failingAcks{Store: e.st, fail: down.Load}, 600, 60)
 	waitDelivery(t, "the held acknowledgements' bound reached", func() bool { return len(ep.requests()) >= maxHeldAcks })
 	time.Sleep(100 * time.Millisecond) // several polls
 	if n := len(ep.requests()); n > maxHeldAcks+16 {
 		t.Errorf("%d webhooks sent while none could be recorded; want at most %d", n, maxHeldAcks+16)
 	}
-	fl.down.Store(false)
+	down.Store(false)
 	waitDelivery(t, "the outbox empty after the store recovered", func() bool { return e.pending(t) == 0 })
-	ids := map[string]bool{}
-	for _, r := range ep.requests() {
-		if id := r.header.Get(HeaderID); ids[id] {
-			t.Errorf("webhook %s sent twice", id)
-		} else {
-			ids[id] = true
-		}
-	}
-	if len(ids) != 600 {
-		t.Errorf("%d distinct webhooks, want 600", len(ids))
+	if got := ep.requests(); len(got) != 600 {
+		t.Errorf("%d requests, want 600", len(got))
+	} else {
+		onceEach(t, got)
 	}
 }
