@@ -8,11 +8,9 @@ package main
 // paths each page says it replaces.
 
 import (
-	"bufio"
 	"context"
 	"encoding/base64"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -315,42 +313,13 @@ func TestGuideCyrus(t *testing.T) {
 	plain := func(user, pw string) string {
 		return base64.StdEncoding.EncodeToString([]byte("\x00" + user + "\x00" + pw))
 	}
-	if l, err := sieveAuth(c.SieveAddr, plain("alice@example.com", alicePW)); err != nil || !strings.HasPrefix(l, "OK") {
+	if l, err := lab.SieveAuth(c.SieveAddr, plain("alice@example.com", alicePW)); err != nil || !strings.HasPrefix(l, "OK") {
 		t.Errorf("ManageSieve AUTHENTICATE PLAIN: %q, %v", l, err)
 	}
 	bad := lab.DialIMAP(t, c.IMAPAddr)
 	if r, err := bad.Do("LOGIN " + q("alice@example.com") + " " + q("wrong")); err != nil || r.Status != "NO" {
 		t.Errorf("LOGIN with a wrong password: %v, %v; want NO", r, err)
 	}
-}
-
-// sieveAuth opens a ManageSieve session (RFC 5804), waits for the
-// capabilities, sends AUTHENTICATE "PLAIN" with an initial response and
-// returns the server's final line.
-func sieveAuth(addr, resp string) (string, error) {
-	conn, err := net.DialTimeout("tcp", addr, 10*time.Second)
-	if err != nil {
-		return "", err
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(30 * time.Second)) // fresh conn: cannot fail
-	r := bufio.NewReader(conn)
-	final := func() (string, error) {
-		for {
-			l, err := r.ReadString('\n')
-			if err != nil {
-				return "", err
-			}
-			if l = strings.TrimRight(l, "\r\n"); strings.HasPrefix(l, "OK") || strings.HasPrefix(l, "NO") || strings.HasPrefix(l, "BYE") {
-				return l, nil
-			}
-		}
-	}
-	if l, err := final(); err != nil || !strings.HasPrefix(l, "OK") {
-		return "", fmt.Errorf("capabilities: %q, %v", l, err)
-	}
-	fmt.Fprintf(conn, "AUTHENTICATE \"PLAIN\" \"%s\"\r\n", resp) // a failed write shows in the read
-	return final()
 }
 
 func writeFiles(t *testing.T, files map[string]string) {

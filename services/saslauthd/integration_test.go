@@ -10,7 +10,6 @@ package saslauthd
 // ("facts" below), section 3.
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -18,7 +17,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -357,48 +355,6 @@ func saslPlain(authz, authc, pw string) string {
 	return base64.StdEncoding.EncodeToString([]byte(authz + "\x00" + authc + "\x00" + pw))
 }
 
-// sieveAuth opens a ManageSieve session (RFC 5804), waits for the
-// capabilities, sends AUTHENTICATE "PLAIN" with an initial response and
-// returns the server's final line (OK, NO or BYE ...). After an OK it runs
-// LISTSCRIPTS, which needs an authenticated session, and logs out. It
-// returns errors rather than failing the test, for use in goroutines.
-func sieveAuth(addr, resp string) (string, error) {
-	conn, err := net.DialTimeout("tcp", addr, 10*time.Second)
-	if err != nil {
-		return "", err
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(30 * time.Second)) // fresh conn: cannot fail
-	r := bufio.NewReader(conn)
-	final := func() (string, error) {
-		for {
-			l, err := r.ReadString('\n')
-			if err != nil {
-				return "", err
-			}
-			if l = strings.TrimRight(l, "\r\n"); strings.HasPrefix(l, "OK") ||
-				strings.HasPrefix(l, "NO") || strings.HasPrefix(l, "BYE") {
-				return l, nil
-			}
-		}
-	}
-	if l, err := final(); err != nil || !strings.HasPrefix(l, "OK") {
-		return "", fmt.Errorf("managesieve capabilities: %q, %v", l, err)
-	}
-	// A failed write shows up as the read error that follows.
-	fmt.Fprintf(conn, "AUTHENTICATE \"PLAIN\" \"%s\"\r\n", resp)
-	l, err := final()
-	if err != nil || !strings.HasPrefix(l, "OK") {
-		return l, err
-	}
-	fmt.Fprintf(conn, "LISTSCRIPTS\r\n")
-	if ls, err := final(); err != nil || !strings.HasPrefix(ls, "OK") {
-		return "", fmt.Errorf("managesieve LISTSCRIPTS after %q: %q, %v", l, ls, err)
-	}
-	fmt.Fprintf(conn, "LOGOUT\r\n")
-	return l, nil
-}
-
 // TestCyrus: a real Cyrus imapd and timsieved authenticate through the
 // responder: LOGIN and AUTHENTICATE PLAIN, ManageSieve, the admin's proxy
 // login, app passwords and tokens, and the failures. Each failed login costs
@@ -463,7 +419,7 @@ func TestCyrus(t *testing.T) {
 		{"managesieve admin's proxy login", saslPlain("alice@example.com", "admin", adminPW)},
 		{"managesieve token", saslPlain("", "alice@example.com", tokSieve)},
 	} {
-		if l, err := sieveAuth(c.SieveAddr, tt.resp); err != nil || !strings.HasPrefix(l, "OK") {
+		if l, err := lab.SieveAuth(c.SieveAddr, tt.resp); err != nil || !strings.HasPrefix(l, "OK") {
 			t.Errorf("%s: %q, %v", tt.name, l, err)
 		}
 	}
@@ -489,7 +445,7 @@ func TestCyrus(t *testing.T) {
 	for i, f := range failures {
 		wg.Go(func() { replies[i], errs[i] = conns[i].Do(f.cmd) })
 	}
-	wg.Go(func() { sieveLine, sieveErr = sieveAuth(c.SieveAddr, saslPlain("", "alice@example.com", "wrong")) })
+	wg.Go(func() { sieveLine, sieveErr = lab.SieveAuth(c.SieveAddr, saslPlain("", "alice@example.com", "wrong")) })
 	wg.Wait()
 	for i, f := range failures {
 		if errs[i] != nil || replies[i].Status != "NO" {

@@ -5,6 +5,7 @@
 package wire
 
 import (
+	"bufio"
 	"bytes"
 	"fmt"
 	"io"
@@ -103,4 +104,18 @@ func ReadAtom(first byte, peek, next func() (byte, error), atomChar func(byte) b
 		}
 		a = append(a, c)
 	}
+}
+
+// PeekByte returns br's next byte without taking it. Both protocols read
+// only within a response here, so the end of input is always
+// io.ErrUnexpectedEOF.
+func PeekByte(br *bufio.Reader) (byte, error) {
+	p, err := br.Peek(1)
+	if err == io.EOF {
+		return 0, io.ErrUnexpectedEOF
+	}
+	if err != nil {
+		return 0, err
+	}
+	return p[0], nil
 }

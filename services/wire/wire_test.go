@@ -3,6 +3,7 @@ package wire
 import (
 	"bufio"
 	"errors"
+	"io"
 	"strings"
 	"testing"
 )
@@ -100,5 +101,18 @@ func TestReadAtom(t *testing.T) {
 		if c.bad != (err != nil) || (!c.bad && got != c.want) {
 			t.Errorf("ReadAtom(%q) = %q, %v", c.in, got, err)
 		}
+	}
+}
+
+func TestPeekByte(t *testing.T) {
+	br := bufio.NewReader(strings.NewReader("a"))
+	for range 2 { // peeking does not take the byte
+		if c, err := PeekByte(br); c != 'a' || err != nil {
+			t.Fatalf("PeekByte = %q, %v; want 'a'", c, err)
+		}
+	}
+	br.ReadByte()
+	if _, err := PeekByte(br); err != io.ErrUnexpectedEOF {
+		t.Errorf("PeekByte at the end = %v; want io.ErrUnexpectedEOF", err)
 	}
 }

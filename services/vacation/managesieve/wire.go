@@ -272,18 +272,8 @@ func (r *reader) readAtom(first byte) (string, error) {
 	return wire.ReadAtom(first, r.peekByte, r.readByte, isAtomChar)
 }
 
-// peekByte returns the next byte without taking it; the end of input
-// here is always within a response.
-func (r *reader) peekByte() (byte, error) {
-	p, err := r.br.Peek(1)
-	if err == io.EOF {
-		return 0, io.ErrUnexpectedEOF
-	}
-	if err != nil {
-		return 0, err
-	}
-	return p[0], nil
-}
+// peekByte returns the next byte without taking it.
+func (r *reader) peekByte() (byte, error) { return wire.PeekByte(r.br) }
 
 // isAtomChar: printable ASCII but for the characters that start or end
 // other tokens and the quoting ones (RFC 5804 §4 ATOM-CHAR, roughly).
