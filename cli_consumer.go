@@ -28,7 +28,7 @@ func (l *domainList) Set(s string) error {
 
 func cmdConsumer(args []string, std stdio, getenv func(string) string) error {
 	if len(args) == 0 {
-		return usagef("consumer: expected add, del or list")
+		return usagef("consumer: expected add, del, rotate, enable, disable or list")
 	}
 	sub, args := args[0], args[1:]
 	// No ^C handler: every edit is one transaction (see cmdUser).
